@@ -1,0 +1,80 @@
+"""Packaging for bwtf.
+
+The repository root *is* the package ``bwtf`` (``package_dir={"bwtf": "."}``),
+so the sub-packages are listed explicitly: a ``find_packages()`` at the root
+would also pick up ``tests`` or a ``.venv`` and install them as top-level
+packages, which is exactly what other projects must never see.
+"""
+import setuptools
+
+# Only these folders are code; tests/, scripts/ and any .venv are not packages.
+_SUBPACKAGES = setuptools.find_packages(
+    where=".", include=["estimator", "estimator.*", "data", "data.*", "ckpt", "ckpt.*"]
+)
+
+# TensorFlow 2.15 is the last release that ships tf.estimator. The TFDS and
+# tensorflow-metadata pins are the newest pair that import together with
+# protobuf 4.x on Python 3.11: an unpinned tensorflow-metadata pulls a release
+# that needs protobuf 5, which TF 2.15 refuses, and `import tensorflow_datasets`
+# then fails.
+_TF_VERSION = "2.15.1"
+_REQUIRED = [
+    "tensorflow-estimator~=2.15.0",
+    "tensorflow-datasets==4.9.4",
+    "tensorflow-metadata==1.15.0",
+    "protobuf>=3.20.3,<5",
+    "numpy>=1.23.5,<2",
+    "absl-py>=1.4,<3",
+    "fsspec>=2023.12.0",
+    "gcsfs>=2023.12.0",
+    "defusedxml>=0.7.1,<1",
+]
+_EXTRAS = {
+    "cpu": [f"tensorflow-cpu=={_TF_VERSION}"],
+    "gpu": [f"tensorflow[and-cuda]=={_TF_VERSION}"],
+    "beam": ["apache-beam==2.60.0"],
+    "demo": ["scikit-learn>=1.3,<2"],
+    "test": [
+        "pytest>=7.4",
+        "pytest-timeout>=2.2",
+        "scikit-learn>=1.3,<2",
+        "gcp-storage-emulator>=2024.8.3",
+        "matplotlib>=3.7,<4",
+    ],
+}
+
+_CONSOLE_SCRIPTS = [
+    "bwtf-train=bwtf.estimator.train:run",
+    "bwtf-eval=bwtf.estimator.evaluate:run",
+    "bwtf-export=bwtf.estimator.export:run",
+    "bwtf-launch=bwtf.estimator.launch:run",
+    "bwtf-build-data=bwtf.data.build:run",
+    "bwtf-ckpt=bwtf.ckpt.cli:run",
+]
+
+setuptools.setup(
+    name="bwtf",
+    version="0.1.0",
+    description=(
+        "Distributed tf.estimator training of ImageNet models on HPC clusters, "
+        "with checkpoints gathered on the chief and committed atomically."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9,<3.12",
+    package_dir={"bwtf": "."},
+    packages=["bwtf"] + [f"bwtf.{name}" for name in _SUBPACKAGES],
+    include_package_data=False,
+    package_data={"bwtf": ["scripts/*"], "bwtf.data": ["**/*.txt", "**/dummy_data/**/*"]},
+    install_requires=_REQUIRED,
+    extras_require=_EXTRAS,
+    entry_points={"console_scripts": _CONSOLE_SCRIPTS},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,105 @@
+"""bwtf.ckpt: checkpoints gathered on the chief, committed atomically, verifiable.
+
+With parameter servers, TensorFlow's default Estimator saver places SaveV2 and
+MergeV2Checkpoints on each ``/job:ps`` task, so every ps writes its own shards
+to its own view of the filesystem; a job killed at its walltime then leaves a
+checkpoint nobody can use. This package replaces that saver: every variable is
+read to the chief and written by the chief, in groups of bounded size, into a
+temporary directory that is committed atomically (see ARCHITECTURE.md).
+
+Public API (import as ``from bwtf import ckpt``)::
+
+    ckpt.EXIT_REQUEUE = 75   # EX_TEMPFAIL: "stopped for walltime/signal after a
+                             # final save; requeue me". train.py exits with it.
+    ckpt.CheckpointPolicy(save_steps=None, save_secs=None, keep_last=5,
+                          keep_every_hours=None, max_group_bytes=256 MiB,
+                          walltime_margin_secs=120.0,
+                          stop_signals=(SIGTERM, SIGUSR1))   # frozen dataclass
+    ckpt.gathered_scaffold(model_dir, policy, device=None, **scaffold_kwargs)
+        -> tf.compat.v1.train.Scaffold whose saver is a GatheredSaver; call it
+           inside an Estimator model_fn (any mode). Save and restore ops run on
+           ``device`` (the chief's CPU, "/job:chief/task:0/device:CPU:0";
+           None = the current device scope).
+    ckpt.chief_hooks(model_dir, scaffold, policy) -> list[SessionRunHook]
+        periodic gathered save, a final save in end(), and the stop hook (on
+        policy.stop_signals or when the remaining walltime drops below
+        policy.walltime_margin_secs: save at the current step, request stop).
+        Run the Estimator with RunConfig(save_checkpoints_steps=None,
+        save_checkpoints_secs=None) so the stock CheckpointSaverHook is never made.
+    ckpt.stop_requested() -> str | None
+        after training returns: why the stop hook stopped ("SIGTERM",
+        "SIGUSR1", "walltime") or None.
+    ckpt.latest_intact_checkpoint(model_dir) -> CheckpointRef | None
+        CheckpointRef(.path, .step, .directory); .path is a prefix usable by
+        tf.train.load_checkpoint and Saver.restore. Skips corrupt and
+        uncommitted checkpoints with a warning that names the reason.
+    ckpt.GatheredSaver(model_dir, policy, device=None, var_list=None)
+        the saver itself (Saver-compatible: build/save/restore/saver_def/...).
+    ckpt.verify_checkpoint(directory, full=True) -> None
+        raises CorruptCheckpointError naming the reason unless intact.
+    ckpt.list_checkpoints(model_dir) -> list[CheckpointStatus]
+    ckpt.prune(model_dir, policy) -> list[str]   # removed directories
+    ckpt.require_writable_model_dir(model_dir)   # raises CheckpointError early
+    ckpt.remaining_walltime_secs(environ=None) -> float | None
+    ckpt.CheckpointError                         # user-facing checkpoint problems
+    ckpt.WalltimeEnvError(CheckpointError)       # malformed scheduler variables
+    ckpt.CorruptCheckpointError(CheckpointError) # a checkpoint that is not intact
+
+Exit codes: the CLI exits 1 when ``verify`` finds the newest checkpoint not
+intact and 2 on bad input. Crash tests set ``BWTF_CKPT_FAILPOINT=<stage>[:n]``
+to SIGKILL the writer at a named stage of a save (see _failpoints.py).
+
+Walltime sources, first match wins: ``BWTF_WALLTIME_END`` (epoch seconds),
+``SLURM_JOB_END_TIME`` (epoch seconds, Slurm >= 21.08), PBS ``PBS_WALLTIME``
+(seconds) counted from ``PBS_JOB_START``/``PBS_JOBSTART`` epoch seconds (or from
+process start when PBS gives no start time).
+
+On-disk layout: ``<model_dir>/ckpt-<N>/model.ckpt-<N>.{index,data-*}`` plus
+``MANIFEST.json``; ``<model_dir>/checkpoint`` (TF's state file, relative paths)
+and ``<model_dir>/LATEST`` (bwtf's pointer). The files are TF's V2 format, so
+``tf.train.latest_checkpoint``, ``tf.train.load_checkpoint``, Estimator restore
+and warm start keep working.
+
+Importing this package does not import TensorFlow; the names that need it load
+their module on first use, so ``python -m bwtf.ckpt list`` stays fast.
+This package leaves out: TF2 object-based checkpoints (tf.train.Checkpoint) and
+asynchronous saving; a save blocks training for its duration.
+"""
+import importlib
+
+# Names served lazily: name -> module that defines it.
+_LAZY = {
+    "EXIT_REQUEUE": "bwtf.ckpt.policy",
+    "CheckpointPolicy": "bwtf.ckpt.policy",
+    "CheckpointError": "bwtf.ckpt.errors",
+    "WalltimeEnvError": "bwtf.ckpt.errors",
+    "CorruptCheckpointError": "bwtf.ckpt.errors",
+    "CheckpointRef": "bwtf.ckpt.commit",
+    "CheckpointStatus": "bwtf.ckpt.commit",
+    "latest_intact_checkpoint": "bwtf.ckpt.commit",
+    "verify_checkpoint": "bwtf.ckpt.commit",
+    "list_checkpoints": "bwtf.ckpt.commit",
+    "require_writable_model_dir": "bwtf.ckpt.commit",
+    "prune": "bwtf.ckpt.retention",
+    "remaining_walltime_secs": "bwtf.ckpt.walltime",
+    "gathered_scaffold": "bwtf.ckpt.saver",
+    "GatheredSaver": "bwtf.ckpt.saver",
+    "chief_hooks": "bwtf.ckpt.hooks",
+    "stop_requested": "bwtf.ckpt.hooks",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'bwtf.ckpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+

@@ -1,0 +1,19 @@
+"""Exceptions of the checkpoint layer.
+
+Every problem a user can cause or fix (an unwritable model_dir, a corrupt
+checkpoint, a malformed scheduler variable) is a CheckpointError, which the
+CLI and the training program turn into a one-line message. Bugs stay ordinary
+exceptions with tracebacks.
+"""
+
+
+class CheckpointError(Exception):
+    """A checkpoint problem the user can act on; the message says how."""
+
+
+class WalltimeEnvError(CheckpointError):
+    """A scheduler walltime variable is set but cannot be understood."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint directory exists but is not intact (the message names why)."""

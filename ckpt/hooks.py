@@ -1,0 +1,145 @@
+"""SessionRunHooks for the chief: periodic gathered saves and walltime-safe stops.
+
+``chief_hooks`` returns one hook that
+  * saves every ``policy.save_steps`` steps / ``policy.save_secs`` seconds;
+  * on any of ``policy.stop_signals``, or once the remaining walltime drops
+    below ``policy.walltime_margin_secs``, saves at the current step and asks
+    the session to stop; ``stop_requested()`` then tells the program why, and
+    it exits with EXIT_REQUEUE;
+  * saves once more in ``end()`` unless that step is already saved.
+The signal handler only records the signal: saving from inside a handler
+could interrupt a session.run, so the save happens after the current step.
+
+It leaves out stopping the other tasks of the cluster; the launcher and the
+ps lifecycle handle that once the chief has exited.
+"""
+import json
+import logging
+import signal
+import threading
+import time
+
+import tensorflow as tf
+
+from bwtf.ckpt import commit
+from bwtf.ckpt import walltime
+
+log = logging.getLogger("bwtf.ckpt")
+
+_STOP_REASON = None
+
+
+def stop_requested():
+    """Why the stop hook stopped training ("SIGTERM", "walltime", ...) or None."""
+    return _STOP_REASON
+
+
+def _set_stop_reason(reason):
+    global _STOP_REASON
+    _STOP_REASON = reason
+
+
+class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
+    """Saves through the scaffold's GatheredSaver; stops for signals/walltime."""
+
+    def __init__(self, model_dir, scaffold, policy, environ=None):
+        self._model_dir = model_dir
+        self._scaffold = scaffold
+        self._policy = policy
+        # Read now so a malformed scheduler variable fails before training.
+        self._walltime_end = walltime.walltime_end(environ)
+        self._timer = None
+        if policy.save_steps or policy.save_secs:
+            self._timer = tf.compat.v1.train.SecondOrStepTimer(
+                every_secs=policy.save_secs, every_steps=policy.save_steps)
+        self._signals_seen = []
+        self._previous_handlers = {}
+        self._last_saved_step = None
+
+    def begin(self):
+        _set_stop_reason(None)
+        self._global_step = tf.compat.v1.train.get_global_step()
+        if self._global_step is None:
+            raise RuntimeError("The gathered checkpoint hook needs a global step; "
+                               "create it with tf.compat.v1.train.get_or_create_global_step()")
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._policy.stop_signals:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        del frame
+        self._signals_seen.append(signal.Signals(signum).name)
+
+    def after_create_session(self, session, coord):
+        del coord
+        step = int(session.run(self._global_step))
+        # The step just restored is already on disk.
+        self._last_saved_step = step if commit.latest_intact_checkpoint(self._model_dir) else None
+        if self._timer is not None:
+            self._timer.update_last_triggered_step(step)
+
+    def before_run(self, run_context):
+        return tf.compat.v1.train.SessionRunArgs(self._global_step)
+
+    def after_run(self, run_context, run_values):
+        reason = self._stop_reason()
+        if reason is not None:
+            step = self._save(run_context.session)
+            log.warning("Stopping at step %d after a final save: %s.", step, reason)
+            _set_stop_reason(reason)
+            run_context.request_stop()
+            return
+        if self._timer is None or not self._timer.should_trigger_for_step(run_values.results + 1):
+            return
+        step = int(run_context.session.run(self._global_step))
+        if self._timer.should_trigger_for_step(step):
+            self._timer.update_last_triggered_step(step)
+            self._save(run_context.session)
+
+    def end(self, session):
+        try:
+            self._save(session)
+        finally:
+            for signum, handler in self._previous_handlers.items():
+                signal.signal(signum, handler)
+            self._previous_handlers = {}
+
+    def _stop_reason(self):
+        if self._signals_seen:
+            return self._signals_seen[0]
+        if self._walltime_end is not None:
+            remaining = self._walltime_end - time.time()
+            if remaining < self._policy.walltime_margin_secs:
+                return "walltime"
+        return None
+
+    def _save(self, session):
+        step = int(session.run(self._global_step))
+        if step != self._last_saved_step:
+            self._scaffold.saver.save(session, None, global_step=step)
+            self._last_saved_step = step
+        return step
+
+
+def _repair_pointers(model_dir):
+    """Points LATEST/state at the newest intact checkpoint if a crash left them
+    behind (a kill between the rename and the pointer update)."""
+    ref = commit.latest_intact_checkpoint(model_dir)
+    if ref is None:
+        return
+    store = commit.as_storage(model_dir)
+    try:
+        pointer = json.loads(store.read_bytes(store.path(commit.POINTER)))
+        pointed = pointer.get("step")
+    except (FileNotFoundError, ValueError, AttributeError):
+        pointed = None
+    if pointed != ref.step:
+        log.warning("Pointing %s at %s, the newest intact checkpoint.",
+                    store.display(store.path(commit.STATE_FILE)), ref.path)
+        commit.update_pointers(store, ref.step, crash_points=False)
+
+
+def chief_hooks(model_dir, scaffold, policy, environ=None):
+    """The chief's checkpoint hooks; pass them as training_chief_hooks."""
+    _repair_pointers(model_dir)
+    return [GatheredCheckpointHook(model_dir, scaffold, policy, environ=environ)]

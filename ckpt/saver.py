@@ -1,0 +1,402 @@
+"""GatheredSaver: every variable is read to the chief and written by the chief.
+
+TF's default Estimator saver is ``Saver(sharded=True)``, which puts one SaveV2
+and MergeV2Checkpoints per variable device, i.e. on every ``/job:ps`` task:
+each ps writes its shards to its own view of the filesystem. Here every
+SaveV2, MergeV2Checkpoints and RestoreV2 runs on ``device`` (the chief's CPU);
+only the variable reads and the assignments run on the ps, and the values
+travel over gRPC.
+
+Bounded memory: the variables are split into groups of at most
+``policy.max_group_bytes / 2`` (a larger variable is a group of its own). Each
+group is gathered and written in its own ``session.run`` into its own shard,
+two at a time (so the gather of one overlaps the write of the other), so at
+most ``max_group_bytes`` of gathered values are resident on the chief; one
+MergeV2Checkpoints then joins the shards into the final prefix (a model that
+fits one group is written straight to it). Each shard's data file is sealed
+as soon as it is written: fsynced and checksummed in the background while the
+next groups are gathered, so the commit at the end has little left to do.
+Restore reads and assigns group by group, also two at a time.
+
+Restore verifies the whole checkpoint (sizes and the manifest's checksum of
+every file) before it returns: the cheap size check first, the full checksum
+in a thread overlapped with RestoreV2. If the checksum fails, the variables
+are restored again from the newest intact checkpoint (with a warning), so
+when restore() returns they always hold a checkpoint that fully verified.
+The files stay TF's V2 format, so stock readers, Estimator restore and warm
+start work, and a checkpoint written with N ps restores onto M ps or into a
+single process (slices are re-cut by name).
+
+Saves into model_dir go through the commit protocol (commit.py); saves
+elsewhere (a SavedModel's ``variables/variables``) are written in place.
+Left out: TF2 object-based checkpoints and meta-graph files next to each
+checkpoint (the graph is rebuilt from code; export writes its own).
+"""
+from concurrent import futures
+import logging
+import numbers
+import os
+import shutil
+import tempfile
+import time
+
+import tensorflow as tf
+from tensorflow.python.training.saving import saveable_object_util
+
+from bwtf.ckpt import _failpoints
+from bwtf.ckpt import commit
+from bwtf.ckpt import errors
+from bwtf.ckpt import retention
+from bwtf.ckpt import storage as storage_lib
+
+log = logging.getLogger("bwtf.ckpt")
+
+# Groups in flight at once; each group gets max_group_bytes / _IN_FLIGHT.
+_IN_FLIGHT = 2
+
+
+def _full_shape(spec, tensor):
+    if spec.slice_spec:
+        dims = spec.slice_spec.split(" ")[:-1]
+        return [int(d) for d in dims]
+    return tensor.shape.as_list()
+
+
+def _group(saveables, max_group_bytes):
+    """Splits (saveable, tensors) pairs into runs of at most max_group_bytes."""
+    groups, current, current_bytes = [], [], 0
+    for saveable, tensors in saveables:
+        size = 0
+        for t in tensors:
+            n = t.shape.num_elements()
+            size += max_group_bytes if n is None else n * max(t.dtype.size, 1)
+        if current and current_bytes + size > max_group_bytes:
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append((saveable, tensors))
+        current_bytes += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+class GatheredSaver:
+    """A tf.compat.v1.train.Saver stand-in whose file I/O happens on one device.
+
+    Duck-types what Scaffold.finalize, SessionManager, CheckpointSaverHook and
+    SavedModelBuilder use: build(), save(), restore(), saver_def,
+    last_checkpoints, recover_last_checkpoints(), export_meta_graph().
+    """
+
+    def __init__(self, model_dir, policy, device=None, var_list=None):
+        self._store = commit.as_storage(model_dir)
+        self._policy = policy
+        self._device = device
+        self._var_list = var_list
+        self._built = False
+        self._last_checkpoints = []
+        self.saver_def = None
+        # Old checkpoints are unlinked off the save's path (see retention.py).
+        self._deleter = futures.ThreadPoolExecutor(1, thread_name_prefix="bwtf-ckpt-prune")
+
+    # -- graph construction -------------------------------------------------
+
+    def build(self):
+        if self._built:
+            return
+        var_list = self._var_list
+        if var_list is None:
+            var_list = (tf.compat.v1.global_variables()
+                        + tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS))
+        saveables = saveable_object_util.validate_and_slice_inputs(
+            saveable_object_util.op_list_to_dict(var_list))
+        with tf.compat.v1.name_scope("bwtf_gathered_saver"), tf.compat.v1.device(self._device):
+            self._build_ops(saveables)
+        self._built = True
+
+    def _build_ops(self, saveables):
+        self._filename = tf.compat.v1.placeholder_with_default("model", [], name="filename")
+        self._shard_prefix = tf.compat.v1.placeholder(tf.string, [], name="shard_prefix")
+        self._shard_list = tf.compat.v1.placeholder(tf.string, [None], name="shard_list")
+        pairs = [(s, [spec.tensor for spec in s.specs]) for s in saveables]
+        self._expected = {}
+        for saveable, tensors in pairs:
+            for spec, tensor in zip(saveable.specs, tensors):
+                self._expected[spec.name] = _full_shape(spec, tensor)
+        self._group_saves, self._group_restores = [], []
+        for group in _group(pairs, max(1, self._policy.max_group_bytes // _IN_FLIGHT)):
+            self._group_saves.append(self._save_op(self._shard_prefix, group))
+            self._group_restores.append(self._restore_op(group))
+        self._merge = tf.raw_ops.MergeV2Checkpoints(
+            checkpoint_prefixes=self._shard_list, destination_prefix=self._filename,
+            delete_old_dirs=True)
+        # One-run save/restore ops for stock tools that drive a Saver through
+        # its SaverDef (SavedModel loading); they are not memory-bounded.
+        with tf.control_dependencies([self._save_op(self._filename, pairs)]):
+            save_all = tf.identity(self._filename, name="save_all")
+        restore_all = tf.group(*self._group_restores, name="restore_all")
+        self.saver_def = tf.compat.v1.train.SaverDef(
+            filename_tensor_name=self._filename.name, save_tensor_name=save_all.name,
+            restore_op_name=restore_all.name, max_to_keep=self._policy.keep_last,
+            sharded=False, version=tf.compat.v1.train.SaverDef.V2,
+            keep_checkpoint_every_n_hours=self._policy.keep_every_hours or 10000.0)
+
+    @staticmethod
+    def _save_op(prefix, group):
+        names, slices, tensors = [], [], []
+        for saveable, group_tensors in group:
+            for spec, tensor in zip(saveable.specs, group_tensors):
+                names.append(spec.name)
+                slices.append(spec.slice_spec)
+                tensors.append(tensor)
+        return tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                                 shape_and_slices=slices, tensors=tensors)
+
+    def _restore_op(self, group):
+        names = [spec.name for s, _ in group for spec in s.specs]
+        slices = [spec.slice_spec for s, _ in group for spec in s.specs]
+        dtypes = [spec.dtype for s, _ in group for spec in s.specs]
+        restored = tf.raw_ops.RestoreV2(prefix=self._filename, tensor_names=names,
+                                        shape_and_slices=slices, dtypes=dtypes)
+        assigns, i = [], 0
+        for saveable, _ in group:
+            n = len(saveable.specs)
+            assigns.append(saveable.restore(restored[i:i + n], None))
+            i += n
+        return tf.group(*assigns)
+
+    # -- saving ---------------------------------------------------------------
+
+    def write_groups(self, sess, prefix, seal=None):
+        """Gathers group by group into shards, then merges them at ``prefix``.
+
+        ``seal(path)``, if given, is called with each data file once written.
+        """
+        self.build()
+        count = len(self._group_saves)
+        shards = [f"{prefix}_temp/part-{i:05d}-of-{count:05d}" for i in range(count)]
+        if count == 1:
+            shards = [prefix]  # nothing to merge: write the final files directly
+
+        def write_one(op_and_shard):
+            sess.run(op_and_shard[0], {self._shard_prefix: op_and_shard[1]})
+            if seal is not None:
+                for path in tf.io.gfile.glob(f"{op_and_shard[1]}.data-*"):
+                    seal(path)
+            _failpoints.reach("group_written")
+
+        with futures.ThreadPoolExecutor(_IN_FLIGHT) as pool:
+            list(pool.map(write_one, zip(self._group_saves, shards)))
+        if count > 1:
+            sess.run(self._merge, {self._shard_list: shards, self._filename: prefix})
+        _failpoints.reach("merged")
+
+    def save(self, sess, save_path=None, global_step=None, latest_filename=None,
+             meta_graph_suffix="meta", write_meta_graph=True, write_state=True,
+             strip_default_attrs=False, save_debug_info=False):
+        """Saves; into model_dir through the commit protocol, elsewhere in place.
+
+        Returns the checkpoint prefix, as tf.compat.v1.train.Saver.save does.
+        """
+        del latest_filename, meta_graph_suffix, write_meta_graph
+        del strip_default_attrs, save_debug_info
+        started = time.monotonic()
+        step = self._step(sess, global_step)
+        if save_path is not None and not (write_state and self._inside_model_dir(save_path)):
+            path = f"{save_path}-{step}" if global_step is not None else save_path
+            self.write_groups(sess, path)
+            return path
+        pending = commit.PendingCheckpoint(self._store, step)
+        try:
+            self.write_groups(sess, pending.prefix, pending.seal)
+            ref = pending.finalize(_describe_variables(pending.prefix))
+        except BaseException:
+            pending.abort()
+            raise
+        retention.prune(self._store, self._policy, in_background=self._deleter)
+        self._last_checkpoints = [p for p in self._last_checkpoints if p != ref.path] + [ref.path]
+        size = commit.check(self._store, self._store.path(f"ckpt-{ref.step}"), full=False).size_bytes
+        log.info("Saved checkpoint %s (gathered on the chief): step %d, %.1f MiB in %.2f s.",
+                 ref.path, step, size / 2**20, time.monotonic() - started)
+        return ref.path
+
+    def _inside_model_dir(self, save_path):
+        parent = os.path.dirname(str(save_path).rstrip("/"))
+        if self._store.is_local:
+            return os.path.abspath(parent) == os.path.abspath(self._store.root)
+        return commit.as_storage(parent or "/").root == self._store.root
+
+    @staticmethod
+    def _step(sess, global_step):
+        if global_step is None:
+            global_step = tf.compat.v1.train.get_global_step()
+            if global_step is None:
+                return 0
+        if isinstance(global_step, numbers.Integral):
+            return int(global_step)
+        return int(tf.compat.v1.train.global_step(sess, global_step))
+
+    # -- restoring ------------------------------------------------------------
+
+    def restore(self, sess, save_path):
+        """Restores ``save_path``; a broken bwtf checkpoint falls back to the
+        newest intact one in its model_dir, with a warning naming the reason."""
+        if save_path is None:
+            raise ValueError("Can't load save_path when it is None.")
+        self.build()
+        save_path = _usable_path(str(save_path), full=False)
+        with futures.ThreadPoolExecutor(1) as pool:
+            verified = pool.submit(_full_check_failure, save_path)
+            try:
+                self._restore_groups(sess, save_path)
+            except (tf.errors.OpError, errors.CheckpointError):
+                if verified.result() is None:
+                    raise
+            failure = verified.result()
+        if failure is not None:
+            # Values from a corrupt file may have been assigned: replace them.
+            log.warning("Checkpoint %s fails its full check (%s); restoring the newest "
+                        "intact one instead.", save_path, failure)
+            save_path = _fallback(save_path, failure)
+            self._restore_groups(sess, save_path)
+        log.info("Restored %s (group by group on the chief).", save_path)
+
+    def _restore_groups(self, sess, save_path):
+        local_prefix, cleanup = _localize(save_path)
+        try:
+            self._check_compatible(local_prefix, save_path)
+            with futures.ThreadPoolExecutor(_IN_FLIGHT) as pool:
+                list(pool.map(lambda op: sess.run(op, {self._filename: local_prefix}),
+                              self._group_restores))
+        finally:
+            if cleanup:
+                shutil.rmtree(cleanup, ignore_errors=True)
+
+    def _check_compatible(self, local_prefix, save_path):
+        try:
+            reader = tf.compat.v1.train.NewCheckpointReader(local_prefix)
+        except (tf.errors.OpError, ValueError) as e:
+            raise errors.CheckpointError(f"Cannot read checkpoint {save_path}: {e}") from e
+        shapes = reader.get_variable_to_shape_map()
+        missing = sorted(n for n in self._expected if n not in shapes)
+        differ = sorted(f"{n} (checkpoint {shapes[n]}, model {self._expected[n]})"
+                        for n in self._expected
+                        if n in shapes and list(shapes[n]) != list(self._expected[n]))
+        if missing or differ:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} variables missing ({', '.join(missing[:5])}"
+                             + (", ..." if len(missing) > 5 else "") + ")")
+            if differ:
+                parts.append(f"{len(differ)} with other shapes ({', '.join(differ[:3])})")
+            raise errors.CheckpointError(
+                f"Checkpoint {save_path} belongs to a different model: {'; '.join(parts)}. "
+                "Use a fresh --model_dir for a new model, or warm-start from it instead")
+
+    # -- the rest of the Saver interface -------------------------------------
+
+    @property
+    def last_checkpoints(self):
+        return list(self._last_checkpoints)
+
+    def recover_last_checkpoints(self, checkpoint_paths):
+        self._last_checkpoints = list(checkpoint_paths)
+
+    def set_last_checkpoints_with_time(self, last_checkpoints_with_time):
+        self._last_checkpoints = [p for p, _ in last_checkpoints_with_time]
+
+    def as_saver_def(self):
+        self.build()
+        return self.saver_def
+
+    def to_proto(self, export_scope=None):
+        del export_scope
+        return self.as_saver_def()
+
+    def export_meta_graph(self, filename=None, collection_list=None, as_text=False,
+                          export_scope=None, clear_devices=False,
+                          clear_extraneous_savers=False, strip_default_attrs=False,
+                          save_debug_info=False):
+        return tf.compat.v1.train.export_meta_graph(
+            filename=filename,
+            graph_def=tf.compat.v1.get_default_graph().as_graph_def(add_shapes=True),
+            saver_def=self.as_saver_def(), collection_list=collection_list,
+            as_text=as_text, export_scope=export_scope, clear_devices=clear_devices,
+            clear_extraneous_savers=clear_extraneous_savers,
+            strip_default_attrs=strip_default_attrs, save_debug_info=save_debug_info)
+
+
+def _describe_variables(prefix):
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    return {name: {"shape": list(shape), "dtype": dtypes[name].name}
+            for name, shape in sorted(reader.get_variable_to_shape_map().items())}
+
+
+def _split_dir(save_path):
+    directory, _, _ = save_path.rstrip("/").rpartition("/")
+    parent, _, name = directory.rpartition("/")
+    return parent, directory, name
+
+
+def _bwtf_checkpoint(save_path):
+    """(store, directory name) when save_path is in a ckpt-<N> dir, else None."""
+    parent, _, name = _split_dir(save_path)
+    if commit.step_of(name) is None or not parent:
+        return None
+    return storage_lib.Storage(parent), name
+
+
+def _usable_path(save_path, full=True):
+    """``save_path`` itself, unless it is a bwtf checkpoint that is not intact."""
+    found = _bwtf_checkpoint(save_path)
+    if found is None:
+        return save_path
+    store, name = found
+    status = commit.check(store, store.path(name), full=full)
+    if status.intact:
+        return save_path
+    log.warning("Checkpoint %s is not intact (%s); looking for the newest intact one.",
+                status.directory, status.reason)
+    return _fallback(save_path, status.reason)
+
+
+def _full_check_failure(save_path):
+    """Why the bwtf checkpoint at save_path fails a full check, or None."""
+    found = _bwtf_checkpoint(save_path)
+    if found is None:
+        return None
+    store, name = found
+    status = commit.check(store, store.path(name), full=True)
+    return None if status.intact else status.reason
+
+
+def _fallback(save_path, reason):
+    parent, directory, _ = _split_dir(save_path)
+    ref = commit.latest_intact_checkpoint(storage_lib.Storage(parent))
+    if ref is None:
+        raise errors.CorruptCheckpointError(
+            f"{directory} is not intact ({reason}) and {parent} holds no intact "
+            "checkpoint to fall back to. Start from scratch with a fresh model_dir")
+    return ref.path
+
+
+def _localize(save_path):
+    """A local prefix for ``save_path``: object-store checkpoints are downloaded."""
+    parent, _, name = _split_dir(save_path)
+    if "://" not in save_path or save_path.startswith("file://"):
+        return save_path, None
+    store = storage_lib.Storage(parent)
+    manifest = commit.read_manifest(store, store.path(name))
+    local_dir = tempfile.mkdtemp(prefix="bwtf-ckpt-restore-")
+    for file_name in manifest["files"]:
+        store.download(store.path(name, file_name), os.path.join(local_dir, file_name))
+    return os.path.join(local_dir, manifest["prefix"]), local_dir
+
+
+def gathered_scaffold(model_dir, policy, device=None, **scaffold_kwargs):
+    """A Scaffold whose saver is a GatheredSaver; call it inside the model_fn."""
+    if "saver" in scaffold_kwargs:
+        raise ValueError("gathered_scaffold makes its own saver; do not pass saver=")
+    saver = GatheredSaver(model_dir, policy, device=device)
+    return tf.compat.v1.train.Scaffold(saver=saver, **scaffold_kwargs)

@@ -1,0 +1,52 @@
+"""Fixtures shared by every test area. Keep this file small and generic.
+
+* ``imagenet_samples_dir``: the real ImageNet sample JPEGs, read in place.
+* ``digits_data_dir`` / ``digits_dataset_name``: a real-data TFDS dataset
+  (scikit-learn's digits as an ILSVRC2012-layout archive), built once per session.
+"""
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DIGITS_DATASET_NAME = "imagenet_archive/present"
+
+
+@pytest.fixture(scope="session")
+def imagenet_samples_dir():
+    """``<repo>/../shared/data/imagenet-samples`` (52 real JPEGs); skips when absent."""
+    path = REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"
+    if not path.is_dir() or not any(path.glob("*.JPEG")):
+        pytest.skip(f"real ImageNet samples not found at {path} (they live outside the repository "
+                    "and are not shipped with it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_dataset_name():
+    """The name to pass to ``tfds.load``/``tfds.builder`` for ``digits_data_dir``."""
+    return DIGITS_DATASET_NAME
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory):
+    """A TFDS data_dir holding the digits dataset, built once per test session.
+
+    1,797 real 64x64 scans (scikit-learn's digits) in 10 classes n00000000 to
+    n00000009 ("digit zero" ... "digit nine"), splits ``train`` (1,442) and
+    ``validation`` (355), each example with image, label, synset, label_text,
+    file_name and one bounding box. Load it with::
+
+        import bwtf.data  # registers the builder
+        tfds.load(digits_dataset_name, data_dir=digits_data_dir, split="train")
+
+    where ``digits_dataset_name`` is the fixture ("imagenet_archive/present").
+    """
+    from bwtf.data import build
+    from bwtf.data import sample_archive
+
+    root = tmp_path_factory.mktemp("digits")
+    manual_dir = sample_archive.write_sample_archive(root / "manual", layout="ilsvrc2012")
+    summary = build.build_dataset(manual_dir, root / "tfds", class_set="present")
+    assert f"imagenet_archive/{summary.dataset_name.split('/')[1]}" == DIGITS_DATASET_NAME
+    return str(root / "tfds")

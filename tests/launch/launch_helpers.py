@@ -1,0 +1,81 @@
+"""Helpers for the launcher tests: running bwtf-launch and finding leftover processes.
+
+Every process a test starts carries a unique ``BWTF_LAUNCH_TEST_MARK`` in its
+environment (children inherit it), so "nothing was left behind" is checked by
+scanning /proc for that mark instead of trusting pids. (A module of its own,
+not conftest.py, so that ``from launch_helpers import ...`` cannot pick up
+another folder's conftest.)
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+LAUNCH_TESTS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = LAUNCH_TESTS_DIR.parents[1]
+
+
+def marked_pids(mark):
+    """Pids of live processes whose environment carries ``mark``."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and f"BWTF_LAUNCH_TEST_MARK={mark}".encode() in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_until_gone(mark, timeout_secs=20.0):
+    """The marked pids still alive after ``timeout_secs`` (empty when all ended)."""
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline:
+        left = marked_pids(mark)
+        if not left:
+            return []
+        time.sleep(0.2)
+    return marked_pids(mark)
+
+
+class LaunchRun:
+    """A bwtf-launch process started in the background, with its output in a file."""
+
+    def __init__(self, args, tmp_path, env):
+        self.log_path = tmp_path / f"launch-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bwtf.estimator.launch"] + list(args),
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def output(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_line(self, text, timeout_secs):
+        deadline = time.monotonic() + timeout_secs
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} did not appear within {timeout_secs}s; output:\n{self.output()[-4000:]}")
+
+    def wait(self, timeout_secs):
+        try:
+            return self.process.wait(timeout_secs)
+        finally:
+            self._log.close()
+
+    def kill(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()

@@ -1,0 +1,65 @@
+"""Which checkpoint(s) the evaluator reads: bwtf's committed ``ckpt-<N>`` directories.
+
+``--checkpoint`` accepts ``latest`` (the newest intact checkpoint of
+model_dir), a ``ckpt-<N>`` directory (verified against its manifest first) or
+a TF checkpoint prefix such as ``.../ckpt-<N>/model.ckpt-<N>`` (used as it is:
+a stock TF checkpoint has no manifest to verify).
+
+Deliberately left out: verifying stock TF checkpoints, and object stores for
+the prefix form (``tf.io.gfile`` would read them, but they cannot be verified).
+"""
+import os
+
+import tensorflow as tf
+
+from bwtf import ckpt
+
+
+class NoCheckpointError(FileNotFoundError):
+    """There is no usable checkpoint where one was expected."""
+
+
+def prefix_of(directory, step):
+    """The TF prefix inside a committed ``ckpt-<N>`` directory (ckpt's on-disk layout)."""
+    return f"{directory.rstrip('/')}/model.ckpt-{step}"
+
+
+def intact_checkpoints(model_dir):
+    """[(step, prefix)] of every intact checkpoint of model_dir, oldest first."""
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    return [(status.step, prefix_of(status.directory, status.step))
+            for status in ckpt.list_checkpoints(model_dir) if status.intact]
+
+
+def _step_of_prefix(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    if reader.has_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP):
+        return int(reader.get_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP))
+    return -1
+
+
+def resolve(model_dir, checkpoint="latest"):
+    """(step, prefix) of the checkpoint to evaluate; raises NoCheckpointError."""
+    if checkpoint in (None, "", "latest"):
+        ref = ckpt.latest_intact_checkpoint(model_dir)
+        if ref is None:
+            raise NoCheckpointError(
+                f"model_dir {model_dir} holds no intact checkpoint (expected ckpt-<N>/ "
+                "directories with a MANIFEST.json, as bwtf-train writes them). Train first, "
+                "point --model_dir at a training run, or pass --checkpoint=PATH.")
+        return ref.step, ref.path
+    name = os.path.basename(checkpoint.rstrip("/"))
+    if tf.io.gfile.isdir(checkpoint) and name.startswith("ckpt-") and name[5:].isdigit():
+        try:
+            ckpt.verify_checkpoint(checkpoint)
+        except ckpt.CheckpointError as error:
+            raise NoCheckpointError(f"--checkpoint {checkpoint} is not intact: {error}") from None
+        step = int(name[5:])
+        return step, prefix_of(checkpoint, step)
+    if tf.io.gfile.exists(checkpoint + ".index"):
+        return _step_of_prefix(checkpoint), checkpoint
+    raise NoCheckpointError(
+        f"--checkpoint {checkpoint} is neither 'latest', a ckpt-<N> directory nor a TF "
+        f"checkpoint prefix (no {checkpoint}.index). Run 'bwtf-ckpt list {model_dir}' to "
+        "see the checkpoints there.")

@@ -1,0 +1,252 @@
+"""`bwtf-eval` (``python -m bwtf.estimator.evaluate``): evaluate checkpoints on a split.
+
+One shot, the newest intact checkpoint (or ``--checkpoint``)::
+
+    bwtf-eval --model_dir=runs/r50 --data_dir=~/tfds --split=validation \\
+        --model=resnet50 --output_json=runs/r50/eval.json
+
+prints one JSON object and writes it to ``--output_json``: ``precision_at_1``,
+``precision_at_5``, ``loss``, ``global_step``, ``checkpoint``, ``num_examples``
+(counted while evaluating: the whole split, exactly once) and ``split``.
+
+Continuous (``--continuous``, also what the ``evaluator`` task of a training
+job runs): every new intact checkpoint is evaluated once; when several are
+waiting the newest is taken and the skipped steps are logged; the evaluator
+stops by itself after the checkpoint at ``--train_steps``, or after
+``--eval_timeout_secs`` without a new checkpoint. Results are appended to
+``<model_dir>/eval_<split>/history.jsonl``, which a restarted evaluator reads
+to skip what is done; ``--output_json`` then holds the last result.
+
+Whatever cluster wrote the checkpoint, this runs in one CPU process: see
+``_eval_estimator``. The model flags must describe the trained model (same
+``--model``, same dataset so the same class count); a checkpoint of another
+model or class count is refused with a message naming the first variable that
+differs.
+
+Library use (``train.py``'s evaluator task)::
+
+    job = EvalJob(model_dir, dataset_config, train_config, batch_size)
+    evaluate_once(job, checkpoint="latest") -> dict
+    evaluate_continuously(job, final_step=None, idle_timeout_secs=3600, poll_secs=10)
+        -> LoopOutcome(reason, evaluated)   # reason: 'final' or 'idle_timeout'
+
+Deliberately left out: evaluating on several processes at once, and
+object-store model_dirs for the history file (it is appended to in place).
+"""
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import tensorflow as tf
+from absl import app, flags, logging
+
+from bwtf.estimator import _eval_checkpoints, _eval_estimator, _eval_history, _eval_loop
+from bwtf.estimator import _eval_setup, _flags, _tf_logging, inputs, model_fn
+from bwtf.estimator import config as config_lib
+
+EXIT_USER_ERROR = 2
+
+
+class EvalError(ValueError):
+    """The evaluation cannot run as asked; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalJob:
+    """What to evaluate: ``dataset.eval_split`` is the split."""
+
+    model_dir: str
+    dataset: config_lib.DatasetConfig
+    train_config: config_lib.TrainConfig
+    batch_size: int = 64
+    steps: Optional[int] = None  # batches per evaluation; None = the whole split
+
+    @property
+    def split(self):
+        return self.dataset.eval_split
+
+
+class _Evaluator:
+    """The Estimator and input_fn of a job, built once and reused per checkpoint."""
+
+    def __init__(self, job):
+        self._job = job
+        self._estimator = _eval_estimator.single_process_estimator(job.model_dir, job.train_config)
+        self._input_fn = inputs.make_input_fn(job.dataset, tf.estimator.ModeKeys.EVAL, job.batch_size)
+
+    def __call__(self, step, prefix):
+        """The record of one checkpoint; None when it vanished (pruned) meanwhile."""
+        model_fn.check_checkpoint_compatible(prefix, self._job.train_config)
+        logging.info("evaluating checkpoint %s (step %d) on split %r", prefix, step, self._job.split)
+        try:
+            return _eval_estimator.evaluate_checkpoint(
+                self._estimator, self._input_fn, prefix, self._job.split, self._job.steps)
+        except tf.errors.NotFoundError:
+            if tf.io.gfile.exists(prefix + ".index"):
+                raise
+            logging.warning("checkpoint %s was removed while being evaluated (retention "
+                            "keeps only the newest); moving on", prefix)
+            return None
+
+
+def _check_count(job, record, split_sizes):
+    expected = split_sizes.get(job.split)
+    if expected is not None and job.steps is None and record["num_examples"] != expected:
+        logging.warning(
+            "evaluated %d examples but the dataset info says split %r has %d; the metrics "
+            "cover the examples actually read", record["num_examples"], job.split, expected)
+
+
+def _dataset_sizes(job):
+    if job.dataset.use_synthetic_data:
+        return {}
+    return inputs.dataset_metadata(job.dataset, splits=[job.split]).split_sizes
+
+
+def evaluate_once(job, checkpoint="latest"):
+    """Evaluates one checkpoint over the whole split; returns the result record."""
+    sizes = _dataset_sizes(job)
+    step, prefix = _eval_checkpoints.resolve(job.model_dir, checkpoint)
+    record = _Evaluator(job)(step, prefix)
+    if record is None:
+        raise EvalError(f"checkpoint {prefix} disappeared during the evaluation; run again")
+    _check_count(job, record, sizes)
+    return record
+
+
+def evaluate_continuously(job, final_step=None, idle_timeout_secs=3600.0, poll_secs=10.0,
+                          sleep=time.sleep):
+    """Evaluates each new intact checkpoint once until a stop rule holds (see _eval_loop).
+
+    ``final_step`` is the trainer's --train_steps (None: stop only on the idle
+    timeout); ``sleep`` waits between polls (tests pass their own).
+    """
+    sizes = _dataset_sizes(job)
+    evaluator = _Evaluator(job)
+
+    def evaluate_and_check(step, prefix):
+        record = evaluator(step, prefix)
+        if record is not None:
+            _check_count(job, record, sizes)
+            print(json.dumps(record, sort_keys=True), flush=True)
+        return record
+
+    loop_config = _eval_loop.LoopConfig(
+        history_path=_eval_history.history_path(job.model_dir, job.split),
+        final_step=final_step, idle_timeout_secs=idle_timeout_secs, poll_secs=poll_secs)
+    return _eval_loop.run_loop(
+        loop_config, lambda: _eval_checkpoints.intact_checkpoints(job.model_dir),
+        evaluate_and_check, sleep=sleep)
+
+
+def _write_json_atomically(path, record):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(record, stream, indent=2, sort_keys=True)
+            stream.write("\n")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+# ---------------------------------------------------------------------------
+# The command line. Model and data flags are bwtf-train's own (same names,
+# same meaning), so a training job's flags describe the model to evaluate.
+# The flags are defined when the program starts (``run``), not at import:
+# train.py imports this module for its evaluator task and defines the same
+# model flags itself.
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines bwtf-eval's flags on ``flag_values``; returns {group: FlagGroup}."""
+    own = _flags.FlagGroup({
+        "split": flags.DEFINE_string(
+            "split", None, "Split to evaluate (default: --eval_split).", flag_values=flag_values),
+        "checkpoint": _eval_setup.define_checkpoint_flag(flag_values),
+        "continuous": flags.DEFINE_bool(
+            "continuous", False, "Evaluate every new checkpoint until the one at --train_steps.",
+            flag_values=flag_values),
+        "output_json": flags.DEFINE_string(
+            "output_json", None, "Also write the result (continuous: the last one) to this "
+            "JSON file.", flag_values=flag_values),
+        "eval_timeout_secs": flags.DEFINE_float(
+            "eval_timeout_secs", 3600.0, "Continuous: stop after this long without a new "
+            "checkpoint.", lower_bound=0.0, flag_values=flag_values),
+    })
+    return {"model": _flags.define_model_flags(flag_values),
+            "data": _flags.define_data_flags(flag_values),
+            "train": _flags.define_train_flags(flag_values), "eval": own}
+
+
+def _user_errors():
+    return (EvalError, _eval_history.HistoryError) + _eval_setup.user_errors()
+
+
+def _job_from_values(values):
+    train_values, data_values = values["train"], values["data"]
+    model_dir = train_values["model_dir"]
+    if not model_dir:
+        raise EvalError("--model_dir is required: the training run whose checkpoints to evaluate")
+    # A continuous evaluator may start before the chief has created model_dir.
+    if not values["eval"]["continuous"] and not os.path.isdir(model_dir) and "://" not in model_dir:
+        raise EvalError(f"--model_dir {model_dir} does not exist; expected a bwtf-train model_dir")
+    output_json = values["eval"]["output_json"]
+    if output_json and os.path.isdir(output_json):
+        raise EvalError(f"--output_json {output_json} is a directory; expected a file name "
+                        "such as eval.json")
+    split = values["eval"]["split"] or data_values["eval_split"]
+    setup = _eval_setup.model_setup(values["model"], data_values, model_dir, split,
+                                    train_values["batch_size"])
+    return EvalJob(model_dir, setup.dataset, setup.train, train_values["batch_size"],
+                   train_values["eval_steps"] or None)
+
+
+def _run_continuous(job, values):
+    own, train_values = values["eval"], values["train"]
+    if own["checkpoint"] not in (None, "", "latest"):
+        raise EvalError("--checkpoint names one checkpoint; it cannot be combined with --continuous")
+    outcome = evaluate_continuously(
+        job, final_step=train_values["train_steps"], idle_timeout_secs=own["eval_timeout_secs"],
+        poll_secs=train_values["eval_throttle_secs"])
+    logging.info("continuous evaluation stopped (%s) after %d evaluation(s)",
+                 outcome.reason, len(outcome.evaluated))
+    if outcome.evaluated and own["output_json"]:
+        _write_json_atomically(own["output_json"], outcome.evaluated[-1])
+    # Timing out before the final step means training stalled or died: a
+    # batch job should see that as a failure.
+    return 0 if outcome.reason != "idle_timeout" else 1
+
+
+def main(argv, cli_flags):
+    """Runs bwtf-eval with the parsed ``cli_flags`` (from ``define_flags``); exits."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag")
+    _tf_logging.route_tensorflow_logs_through_absl()
+    values = {group: holders.values() for group, holders in cli_flags.items()}
+    try:
+        job = _job_from_values(values)
+        if values["eval"]["continuous"]:
+            sys.exit(_run_continuous(job, values))
+        record = evaluate_once(job, values["eval"]["checkpoint"])
+        if values["eval"]["output_json"]:
+            _write_json_atomically(values["eval"]["output_json"], record)
+    except _user_errors() as error:
+        print(f"bwtf-eval: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    print(json.dumps(record, indent=2, sort_keys=True))
+
+
+def run():
+    cli_flags = define_flags()
+    app.run(lambda argv: main(argv, cli_flags))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,98 @@
+"""A non-chief task's clean stop on the scheduler's stop signals.
+
+Slurm (``--signal``, ``scancel --signal``) and ``bwtf-launch`` deliver SIGTERM
+or SIGUSR1 to every task of a job. The chief's ckpt hook saves and stops on
+them; a worker with Python's default SIGTERM action would die at once (-15),
+and one that ignored them would train on until its ps disappears and then fail.
+``WorkerStopHook`` records the signal (or notices that the remaining walltime
+is below the chief's margin) and asks its session to stop after the current step; ``stop_requested()`` then tells ``train.py`` to exit with
+``ckpt.EXIT_REQUEUE`` like the chief. The evaluator task has no training
+session to stop: ``signal_aware_sleep`` gives its polling loop a sleep that
+raises ``StopSignal`` once such a signal has arrived (an evaluation under way
+finishes and is recorded first).
+
+Deliberately left out: saving (only the chief saves, through ``bwtf.ckpt``)
+and collective training, where every worker must run the same steps: there a
+worker stopping one step before the chief would leave the chief's all-reduce
+waiting.
+"""
+import signal
+import threading
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from bwtf import ckpt
+
+_STOP_REASON = None
+_POLL_SECS = 0.5
+
+
+class StopSignal(Exception):
+    """A stop signal arrived while the evaluator waited for a checkpoint."""
+
+
+def signal_aware_sleep(stop_signals):
+    """Installs handlers for ``stop_signals``; returns sleep(seconds) raising StopSignal once one came."""
+    seen = []
+    for signum in stop_signals:
+        signal.signal(signum, lambda number, frame: seen.append(signal.Signals(number).name))
+
+    def sleep(seconds):
+        deadline = time.monotonic() + seconds
+        while not seen and time.monotonic() < deadline:
+            time.sleep(min(_POLL_SECS, max(deadline - time.monotonic(), 0.0)))
+        if seen:
+            raise StopSignal(seen[0])
+
+    return sleep
+
+
+def stop_requested():
+    """The signal ("SIGTERM", ...) that stopped this worker's training, or None."""
+    return _STOP_REASON
+
+
+class WorkerStopHook(tf.compat.v1.train.SessionRunHook):
+    """Requests a stop after the step during which one of ``stop_signals`` arrived,
+    or once less than ``walltime_margin_secs`` of the job's walltime is left."""
+
+    def __init__(self, stop_signals, walltime_margin_secs=None, environ=None):
+        self._stop_signals = tuple(stop_signals)
+        self._signals_seen = []
+        self._previous_handlers = {}
+        self._stop_at = None
+        if walltime_margin_secs is not None:
+            # Read now, as the chief's hook does, so a malformed variable fails early.
+            remaining = ckpt.remaining_walltime_secs(environ)
+            if remaining is not None:
+                self._stop_at = time.time() + remaining - walltime_margin_secs
+
+    def begin(self):
+        global _STOP_REASON
+        _STOP_REASON = None
+        # Python delivers signals to the main thread only; elsewhere (a test
+        # driving the hook) the scheduler's default action stays in place.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._stop_signals:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        del frame
+        # Only record: stopping inside a handler could interrupt a session.run.
+        self._signals_seen.append(signal.Signals(signum).name)
+
+    def after_run(self, run_context, run_values):
+        global _STOP_REASON
+        walltime = self._stop_at is not None and time.time() >= self._stop_at
+        if (self._signals_seen or walltime) and _STOP_REASON is None:
+            _STOP_REASON = self._signals_seen[0] if self._signals_seen else "walltime"
+            logging.warning("worker stops after this step: %s (only the chief saves)", _STOP_REASON)
+            run_context.request_stop()
+
+    def end(self, session):
+        del session
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}

@@ -1,0 +1,225 @@
+"""The Estimator ``model_fn``: the network, its loss, optimizer and metrics.
+
+    model_fn(features, labels, mode, params, config=None) -> tf.estimator.EstimatorSpec
+
+``features`` is an image batch [N, H, W, 3] float32 of RGB values in [0, 255]
+(cropped and resized by ``bwtf.estimator.inputs``; the model normalises them
+by the ImageNet channel mean and deviation) or a dict holding it under "image"; ``labels`` is
+int [N] (None in PREDICT). ``params`` is a ``bwtf.estimator.config.TrainConfig``
+(pass it as ``tf.estimator.Estimator(model_fn, params=train_config)``).
+
+* PREDICT: predictions ``classes`` [N] int64, ``probabilities`` [N, C] float32,
+  ``top_5_classes`` [N, min(5, C)] int32, plus a "serving_default" PredictOutput.
+* EVAL: metrics ``precision_at_1`` and ``precision_at_5`` (``in_top_k``) and the loss.
+* TRAIN: cross-entropy with label smoothing plus L2 weight decay (batch-norm
+  parameters excluded), momentum SGD (optionally Nesterov) on the schedule in
+  ``bwtf.estimator.config``; SyncReplicasOptimizer with ``sync_replicas``;
+  dynamic loss scaling with precision "fp16". TensorBoard scalars: loss,
+  learning_rate, train_precision_at_1, and images_per_sec from the progress hook.
+
+Every mode uses ``bwtf.ckpt.gathered_scaffold`` so checkpoints are read and
+written by the chief only; in TRAIN the ckpt chief hooks (periodic save, final
+save, walltime/signal stop) are returned as ``training_chief_hooks``; a
+non-chief ps worker gets ``_worker_stop.WorkerStopHook`` so it stops on the
+same signals (and ``train.py`` exits with ``ckpt.EXIT_REQUEUE``).
+
+Precision: "bf16"/"fp16" compute in that dtype while every variable stays
+float32 (a custom getter casts on read); logits and the loss are float32.
+``xla`` compiles the forward and backward pass with ``tf.xla.experimental.jit_scope``,
+which works on CPU and GPU alike.
+
+Also public: ``check_checkpoint_compatible(checkpoint_path, train_config)``,
+which evaluate/export/train call before a restore.
+
+Deliberately left out: the input pipeline (``inputs``), cluster wiring and
+RunConfig (``train``), exporting (``export``).
+"""
+import contextlib
+
+import tensorflow as tf
+
+from bwtf import ckpt
+from bwtf.estimator import _progress, _sync_replicas, _worker_stop, models
+from bwtf.estimator._schedule import learning_rate
+
+_COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
+_TOP_K = 5
+MODEL_SCOPE = "model"
+_CHANNEL_MEANS = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_CHANNEL_STDDEVS = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was written by a different model or class count."""
+
+
+def _variables_getter(getter, name, shape=None, dtype=None, *args, **kwargs):
+    """Keeps every variable float32 and mirrored; casts low-precision reads.
+
+    float32 master weights (and their updates) are what mixed precision needs,
+    and make the checkpoint independent of ``precision``. Batch-norm moving
+    statistics would be ON_READ variables under a collective strategy: reading
+    one then all-reduces across workers, so the chief's save alone (the only
+    task that saves) would block forever. ON_WRITE keeps them mirrored, averaged
+    at each update, and readable by the chief on its own.
+    """
+    if kwargs.get("synchronization") == tf.VariableSynchronization.ON_READ:
+        kwargs["synchronization"] = tf.VariableSynchronization.ON_WRITE
+        kwargs["aggregation"] = tf.VariableAggregation.MEAN
+    if dtype in (tf.float16, tf.bfloat16):
+        variable = getter(name, shape, tf.float32, *args, **kwargs)
+        return tf.cast(variable, dtype)
+    return getter(name, shape, dtype, *args, **kwargs)
+
+
+def build_logits(images, model_config, training, precision="fp32"):
+    """The model's float32 logits for [0, 255] images; variables live under MODEL_SCOPE."""
+    compute_dtype = _COMPUTE_DTYPES[precision]
+    with tf.compat.v1.variable_scope(MODEL_SCOPE, custom_getter=_variables_getter):
+        net = (tf.cast(images, tf.float32) - _CHANNEL_MEANS) / _CHANNEL_STDDEVS
+        net = tf.cast(net, compute_dtype)
+        logits = models.logits(model_config.name, net, model_config.num_classes, training)
+    return tf.cast(logits, tf.float32)
+
+
+def _image_from(features):
+    if isinstance(features, dict):
+        return features["image"]
+    return features
+
+
+def _predictions(logits):
+    k = min(_TOP_K, logits.shape[-1])
+    return {
+        "classes": tf.argmax(logits, axis=1),
+        "probabilities": tf.nn.softmax(logits),
+        "top_5_classes": tf.nn.top_k(logits, k=k).indices,
+    }
+
+
+def _loss(logits, labels, config):
+    onehot = tf.one_hot(labels, config.model.num_classes)
+    cross_entropy = tf.compat.v1.losses.softmax_cross_entropy(
+        onehot, logits, label_smoothing=config.optimizer.label_smoothing)
+    # Batch-norm scales and offsets are not decayed: it only shrinks them
+    # towards zero without regularising the function (Goyal et al.).
+    decayed = [v for v in tf.compat.v1.trainable_variables(MODEL_SCOPE)
+               if "batch_normalization" not in v.name]
+    if not config.optimizer.weight_decay or not decayed:
+        return cross_entropy
+    l2 = tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+    return cross_entropy + config.optimizer.weight_decay * l2
+
+
+def _eval_metrics(logits, labels):
+    labels = tf.cast(labels, tf.int32)
+    k = min(_TOP_K, logits.shape[-1])
+    return {
+        "precision_at_1": tf.compat.v1.metrics.mean(tf.math.in_top_k(targets=labels, predictions=logits, k=1)),
+        "precision_at_5": tf.compat.v1.metrics.mean(tf.math.in_top_k(targets=labels, predictions=logits, k=k)),
+    }
+
+
+def _optimizer(config, lr):
+    optimizer = tf.compat.v1.train.MomentumOptimizer(
+        lr, config.optimizer.momentum, use_nesterov=config.optimizer.nesterov)
+    if config.precision == "fp16":
+        optimizer = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(
+            optimizer, loss_scale="dynamic")
+    if config.sync_replicas:
+        optimizer = tf.compat.v1.train.SyncReplicasOptimizer(
+            optimizer, replicas_to_aggregate=config.num_workers,
+            total_num_replicas=config.num_workers)
+    return optimizer
+
+
+def _xla_scope(config):
+    if config.xla:
+        return tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False)
+    return contextlib.nullcontext()
+
+
+def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief):
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    lr = learning_rate(global_step, config)
+    # Made before the optimizer and its wrappers add ops: a summary's tag is
+    # its op name, uniquified ("learning_rate_1") if that name is taken.
+    tf.compat.v1.summary.scalar("learning_rate", lr)
+    optimizer = _optimizer(config, lr)
+    with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+        with _xla_scope(config):
+            train_op = optimizer.minimize(loss, global_step=global_step)
+    correct = tf.math.in_top_k(targets=tf.cast(labels, tf.int32), predictions=logits, k=1)
+    precision_at_1 = tf.reduce_mean(tf.cast(correct, tf.float32))
+    tf.compat.v1.summary.scalar("train_precision_at_1", precision_at_1)
+    progress = _progress.ProgressHook(
+        loss=loss, learning_rate=lr, precision_at_1=precision_at_1, config=config,
+        summary_dir=model_dir if is_chief else None)
+    training_hooks = [progress]
+    chief_hooks = list(ckpt.chief_hooks(model_dir, scaffold, _policy(config)))
+    if config.sync_replicas:
+        training_hooks.append(optimizer.make_session_run_hook(is_chief=is_chief))
+        chief_hooks.append(_sync_replicas.ReleaseQueueRunnersHook())
+    if not is_chief and config.distribution == "ps":
+        # Only the chief saves; a worker just stops with it (see _worker_stop).
+        policy = _policy(config)
+        training_hooks.append(_worker_stop.WorkerStopHook(policy.stop_signals, policy.walltime_margin_secs))
+    return tf.estimator.EstimatorSpec(
+        tf.estimator.ModeKeys.TRAIN, loss=loss, train_op=train_op, scaffold=scaffold,
+        training_hooks=training_hooks, training_chief_hooks=chief_hooks)
+
+
+def _policy(config):
+    return config.checkpoint_policy if config.checkpoint_policy is not None else ckpt.CheckpointPolicy()
+
+
+def model_fn(features, labels, mode, params, config=None):
+    """Builds the EstimatorSpec for ``mode``; see the module docstring."""
+    train_config = params
+    model_dir = train_config.model_dir or (config.model_dir if config is not None else None)
+    training = mode == tf.estimator.ModeKeys.TRAIN
+    with _xla_scope(train_config):
+        logits = build_logits(_image_from(features), train_config.model, training, train_config.precision)
+    scaffold = ckpt.gathered_scaffold(model_dir, _policy(train_config), device=train_config.checkpoint_device)
+    predictions = _predictions(logits)
+    if mode == tf.estimator.ModeKeys.PREDICT:
+        return tf.estimator.EstimatorSpec(
+            mode, predictions=predictions, scaffold=scaffold,
+            export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
+    loss = _loss(logits, labels, train_config)
+    if mode == tf.estimator.ModeKeys.EVAL:
+        return tf.estimator.EstimatorSpec(
+            mode, loss=loss, predictions=predictions, scaffold=scaffold,
+            eval_metric_ops=_eval_metrics(logits, labels))
+    is_chief = config.is_chief if config is not None else True
+    return _train_spec(train_config, logits, labels, loss, scaffold, model_dir, is_chief)
+
+
+def model_variable_shapes(train_config):
+    """{variable name: shape} of the model's trainable and batch-norm variables."""
+    size = train_config.model.image_size
+    with tf.Graph().as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3])
+        build_logits(images, train_config.model, training=False)
+        return {v.op.name: tuple(v.shape.as_list()) for v in tf.compat.v1.global_variables()}
+
+
+def check_checkpoint_compatible(checkpoint_path, train_config):
+    """Raises CheckpointMismatchError unless the checkpoint fits this model and class count."""
+    stored = dict(tf.train.list_variables(checkpoint_path))
+    expected = model_variable_shapes(train_config)
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint_path} was not written by model {train_config.model.name!r}: "
+            f"it lacks {len(missing)} of its variables (e.g. {missing[0]}). Use the --model it was "
+            "trained with, or a fresh --model_dir.")
+    wrong = [(name, tuple(stored[name]), shape) for name, shape in sorted(expected.items())
+             if tuple(stored[name]) != shape]
+    if wrong:
+        name, found, shape = wrong[0]
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint_path} does not match model {train_config.model.name!r} with "
+            f"{train_config.model.num_classes} classes at {name}: checkpoint shape {list(found)}, "
+            f"model shape {list(shape)}. Use the class count and model it was trained with, "
+            "or a fresh --model_dir.")

@@ -1,0 +1,81 @@
+"""Real localhost clusters of ``python -m bwtf.estimator.train`` processes."""
+import json
+import re
+
+import pytest
+
+from bwtf import ckpt
+from estimator_helpers import finish, free_ports, start_train
+
+_SYNTHETIC = ["--model=small_cnn", "--use_synthetic_data", "--num_classes=10", "--image_size=32",
+              "--batch_size=8", "--log_every_steps=10", "--eval_steps=2", "--save_checkpoints_steps=10"]
+
+
+def _run_cluster(tmp_path, name, flags, ps_count, worker_count=1, tf_config_for_worker=False, timeout=300):
+    """Starts ps tasks and workers (worker 0 = chief); returns {task: (exit code, log)}."""
+    ports = free_ports(ps_count + worker_count)
+    ps_hosts = [f"localhost:{p}" for p in ports[:ps_count]]
+    worker_hosts = [f"localhost:{p}" for p in ports[ps_count:]]
+    classic = [f"--ps_hosts={','.join(ps_hosts)}", f"--worker_hosts={','.join(worker_hosts)}"]
+    tasks = {}
+    for index in range(ps_count):
+        tasks[f"ps{index}"] = start_train([*flags, *classic, "--job_name=ps", f"--task_index={index}"],
+                                          tmp_path / f"{name}-ps{index}.log")
+    for index in range(1, worker_count):
+        if tf_config_for_worker:
+            spec = {"ps": ps_hosts, "chief": worker_hosts[:1], "worker": worker_hosts[1:]}
+            tf_config = json.dumps({"cluster": spec, "task": {"type": "worker", "index": index - 1}})
+            tasks[f"worker{index}"] = start_train(flags, tmp_path / f"{name}-worker{index}.log", tf_config)
+        else:
+            tasks[f"worker{index}"] = start_train(
+                [*flags, *classic, "--job_name=worker", f"--task_index={index}"], tmp_path / f"{name}-worker{index}.log")
+    tasks["chief"] = start_train([*flags, *classic, "--job_name=worker", "--task_index=0"],
+                                 tmp_path / f"{name}-chief.log")
+    results = {"chief": finish(tasks.pop("chief"), tmp_path / f"{name}-chief.log", timeout)}
+    for task, process in tasks.items():
+        results[task] = finish(process, tmp_path / f"{name}-{task}.log", 120)
+    return results
+
+
+def _assert_all_exited_cleanly(results):
+    for task, (code, log) in results.items():
+        assert code == 0, f"{task} exited with {code}:\n{log[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_ps_cluster_learns_the_digits(tmp_path, digits_flags):
+    """1 ps, the chief and 1 worker (the worker configured through TF_CONFIG) reach 95% precision@1."""
+    flags = [*digits_flags, f"--model_dir={tmp_path / 'run'}", "--train_steps=500", "--distribution=ps"]
+    results = _run_cluster(tmp_path, "digits", flags, ps_count=1, worker_count=2, tf_config_for_worker=True)
+    _assert_all_exited_cleanly(results)
+    chief_log = results["chief"][1]
+    assert "cluster role chief:0 (from flags)" in chief_log
+    assert "cluster role worker:0 (from tf_config)" in results["worker1"][1]
+    assert re.search(r"images/s this worker, [\d.]+ images/s job, [\d.]+ steps/s, ETA", chief_log)
+    precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
+    assert precision >= 0.95, f"precision@1 {precision} on the validation split"
+    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step >= 500
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_checkpoint_from_two_ps_restores_onto_one_ps_and_into_one_process(tmp_path):
+    model_dir = str(tmp_path / "run")
+    two_ps = _run_cluster(tmp_path, "two-ps", [*_SYNTHETIC, f"--model_dir={model_dir}", "--train_steps=20"],
+                          ps_count=2)
+    _assert_all_exited_cleanly(two_ps)
+    assert ckpt.latest_intact_checkpoint(model_dir).step == 20
+
+    one_ps = _run_cluster(tmp_path, "one-ps", [*_SYNTHETIC, f"--model_dir={model_dir}", "--train_steps=40"],
+                          ps_count=1)
+    _assert_all_exited_cleanly(one_ps)
+    assert "resuming from" in one_ps["chief"][1] and "(step 20)" in one_ps["chief"][1]
+    assert "done: 40 steps (20 this run)" in one_ps["chief"][1]
+
+    code, log = finish(start_train([*_SYNTHETIC, f"--model_dir={model_dir}", "--train_steps=60",
+                                    "--distribution=none"], tmp_path / "single.log"),
+                       tmp_path / "single.log", 240)
+    assert code == 0, log[-3000:]
+    assert "(step 40)" in log and "done: 60 steps (20 this run)" in log
+    assert ckpt.latest_intact_checkpoint(model_dir).step == 60

@@ -1,0 +1,137 @@
+"""model_fn in every mode for every model, the precisions, the LR schedule, restore checks."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bwtf.estimator import config, model_fn
+from bwtf.estimator._schedule import learning_rate
+
+_MODES = tf.estimator.ModeKeys
+# Small inputs keep graph construction cheap; each is the model's minimum or close.
+_SIZES = {"small_cnn": 32, "alexnet": 64, "resnet50": 32, "inception_v3": 75}
+_BATCH, _CLASSES = 2, 7
+
+
+def _train_config(name, tmp_path, **overrides):
+    return config.TrainConfig(model=config.ModelConfig(name, _CLASSES, _SIZES[name]), batch_size=_BATCH,
+                              model_dir=str(tmp_path), **overrides)
+
+
+def _spec(train_config, mode):
+    size = train_config.model.image_size
+    images = tf.random.uniform([_BATCH, size, size, 3], maxval=255.0, seed=1)
+    labels = tf.constant([1, 5], tf.int64) if mode != _MODES.PREDICT else None
+    return model_fn.model_fn({"image": images}, labels, mode, train_config)
+
+
+@pytest.mark.parametrize("name", sorted(_SIZES))
+def test_every_model_in_every_mode(name, tmp_path):
+    train_config = _train_config(name, tmp_path)
+    with tf.Graph().as_default():
+        predict = _spec(train_config, _MODES.PREDICT)
+        assert predict.predictions["probabilities"].shape.as_list() == [_BATCH, _CLASSES]
+        assert predict.predictions["classes"].shape.as_list() == [_BATCH]
+        assert predict.predictions["top_5_classes"].shape.as_list() == [_BATCH, 5]
+        assert "serving_default" in predict.export_outputs
+    with tf.Graph().as_default():
+        evaluate = _spec(train_config, _MODES.EVAL)
+        assert set(evaluate.eval_metric_ops) == {"precision_at_1", "precision_at_5"}
+        assert evaluate.loss.shape.as_list() == []
+    with tf.Graph().as_default():
+        train = _spec(train_config, _MODES.TRAIN)
+        assert train.train_op is not None and train.loss.dtype == tf.float32
+        assert train.training_chief_hooks, "the bwtf.ckpt chief hooks must be returned"
+        kernel_names = [v.op.name for v in tf.compat.v1.trainable_variables()]
+        assert all(n.startswith(model_fn.MODEL_SCOPE + "/") for n in kernel_names)
+        assert tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS), "batch norm must update"
+
+
+def _run_steps(train_config, steps):
+    with tf.Graph().as_default():
+        spec = _spec(train_config, _MODES.TRAIN)
+        with tf.compat.v1.Session() as session:
+            session.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
+            losses = [session.run([spec.train_op, spec.loss])[1] for _ in range(steps)]
+            dtypes = {v.dtype.base_dtype for v in tf.compat.v1.global_variables()}
+    return losses, dtypes
+
+
+@pytest.mark.parametrize("precision, xla", [("fp16", False), ("bf16", False), ("fp32", True), ("bf16", True)])
+def test_reduced_precision_and_xla_train_on_cpu(precision, xla, tmp_path):
+    train_config = _train_config("small_cnn", tmp_path, precision=precision, xla=xla, train_steps=10)
+    losses, dtypes = _run_steps(train_config, 3)
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < math.log(_CLASSES) + 1.0
+    assert tf.float16 not in dtypes and tf.bfloat16 not in dtypes, "variables must stay float32"
+
+
+def test_fp16_uses_loss_scaling(tmp_path):
+    with tf.Graph().as_default():
+        _spec(_train_config("small_cnn", tmp_path, precision="fp16"), _MODES.TRAIN)
+        names = [v.op.name for v in tf.compat.v1.global_variables()]
+    assert any("loss_scale" in n for n in names)
+
+
+def _lr_at(steps, **optimizer):
+    train_config = config.TrainConfig(
+        model=config.ModelConfig("small_cnn", 10, 32), batch_size=64, num_workers=4, train_steps=100,
+        optimizer=config.OptimizerConfig(**optimizer))
+    with tf.Graph().as_default():
+        step = tf.compat.v1.placeholder(tf.int64, [])
+        lr = learning_rate(step, train_config)
+        with tf.compat.v1.Session() as session:
+            return [float(session.run(lr, {step: s})) for s in steps]
+
+
+def test_linear_scaling_with_warmup_and_cosine_decay():
+    peak = 0.1 * 64 * 4 / 256
+    values = _lr_at([0, 5, 10, 55, 100], base_lr=0.1, warmup_steps=10, decay="cosine")
+    np.testing.assert_allclose(values, [0.0, peak / 2, peak, peak / 2, 0.0], atol=1e-6)
+
+
+def test_sqrt_scaling_with_step_decay():
+    peak = 0.4 * math.sqrt(4)
+    values = _lr_at([0, 29, 30, 60, 99], base_lr=0.4, lr_scaling="sqrt", decay="step",
+                    decay_boundaries=(0.3, 0.6), decay_factor=0.1)
+    np.testing.assert_allclose(values, [peak, peak, peak, peak * 0.1, peak * 0.01], rtol=1e-5)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: config.ModelConfig("vgg16", 10, 224), "model must be one of"),
+    (lambda: config.ModelConfig("resnet50", 1, 224), "num_classes must be at least 2"),
+    (lambda: config.ModelConfig("inception_v3", 10, 64), "too small for inception_v3"),
+    (lambda: config.ModelConfig("small_cnn", 3, 32, class_names=("a",)), "class_names has 1 entries"),
+    (lambda: config.OptimizerConfig(lr_scaling="cubic"), "lr_scaling must be one of"),
+    (lambda: config.OptimizerConfig(decay_boundaries=(0.6, 0.3)), "increasing fractions"),
+    (lambda: config.OptimizerConfig(label_smoothing=1.0), "label_smoothing"),
+    (lambda: config.TrainConfig(config.ModelConfig("small_cnn", 10, 32), batch_size=0), "batch_size must be"),
+    (lambda: config.TrainConfig(config.ModelConfig("small_cnn", 10, 32), precision="fp8"), "precision"),
+    (lambda: config.TrainConfig(config.ModelConfig("small_cnn", 10, 32), sync_replicas=True,
+                                distribution="collective"), "sync_replicas only applies"),
+    (lambda: config.DatasetConfig(use_synthetic_data=True), "needs num_classes"),
+])
+def test_bad_configuration_values(make, message):
+    with pytest.raises(config.ConfigError, match=message):
+        make()
+
+
+def _save_checkpoint(train_config, path):
+    with tf.Graph().as_default():
+        size = train_config.model.image_size
+        model_fn.build_logits(tf.zeros([1, size, size, 3]), train_config.model, training=False)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            return tf.compat.v1.train.Saver().save(session, str(path / "model.ckpt"))
+
+
+@pytest.mark.parametrize("other, message", [
+    (config.ModelConfig("small_cnn", 5, 32), "5 classes"),
+    (config.ModelConfig("alexnet", _CLASSES, 64), "not written by model 'alexnet'"),
+])
+def test_checkpoint_from_another_model_or_class_count_is_refused(tmp_path, other, message):
+    path = _save_checkpoint(_train_config("small_cnn", tmp_path), tmp_path)
+    model_fn.check_checkpoint_compatible(path, _train_config("small_cnn", tmp_path))
+    with pytest.raises(model_fn.CheckpointMismatchError, match=message):
+        model_fn.check_checkpoint_compatible(path, config.TrainConfig(model=other))

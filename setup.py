@@ -6,6 +6,20 @@ would also pick up ``tests`` or a ``.venv`` and install them as top-level
 packages, which is exactly what other projects must never see.
 """
 import setuptools
+from setuptools.command.build_py import build_py
+
+
+class _BuildPyWithoutSetup(build_py):
+    """Keeps setup.py itself out of the wheel.
+
+    The root package's folder is the repository root, so build_py would
+    otherwise ship ``bwtf/setup.py`` as an importable module.
+    """
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if not (package == "bwtf" and m[1] == "setup")]
+
 
 # Only these folders are code; tests/, scripts/ and any .venv are not packages.
 _SUBPACKAGES = setuptools.find_packages(
@@ -28,12 +42,15 @@ _REQUIRED = [
     "fsspec>=2023.12.0",
     "gcsfs>=2023.12.0",
     "defusedxml>=0.7.1,<1",
+    # Hardware CRC32C for checkpoint manifests (bwtf.ckpt falls back to zlib's CRC32).
+    "google-crc32c>=1.5.0",
 ]
 _EXTRAS = {
     "cpu": [f"tensorflow-cpu=={_TF_VERSION}"],
     "gpu": [f"tensorflow[and-cuda]=={_TF_VERSION}"],
     "beam": ["apache-beam==2.60.0"],
     "demo": ["scikit-learn>=1.3,<2"],
+    "report": ["matplotlib>=3.7,<4"],
     "test": [
         "pytest>=7.4",
         "pytest-timeout>=2.2",
@@ -50,6 +67,7 @@ _CONSOLE_SCRIPTS = [
     "bwtf-launch=bwtf.estimator.launch:run",
     "bwtf-build-data=bwtf.data.build:run",
     "bwtf-ckpt=bwtf.ckpt.cli:run",
+    "bwtf-report=bwtf.estimator.report:run",
 ]
 
 setuptools.setup(
@@ -70,6 +88,7 @@ setuptools.setup(
     install_requires=_REQUIRED,
     extras_require=_EXTRAS,
     entry_points={"console_scripts": _CONSOLE_SCRIPTS},
+    cmdclass={"build_py": _BuildPyWithoutSetup},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.9",

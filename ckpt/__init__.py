@@ -82,6 +82,7 @@ _LAZY = {
     "require_writable_model_dir": "bwtf.ckpt.commit",
     "prune": "bwtf.ckpt.retention",
     "remaining_walltime_secs": "bwtf.ckpt.walltime",
+    "StopConditions": "bwtf.ckpt.walltime",
     "gathered_scaffold": "bwtf.ckpt.saver",
     "GatheredSaver": "bwtf.ckpt.saver",
     "chief_hooks": "bwtf.ckpt.hooks",

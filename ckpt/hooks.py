@@ -15,9 +15,6 @@ ps lifecycle handle that once the chief has exited.
 """
 import json
 import logging
-import signal
-import threading
-import time
 
 import tensorflow as tf
 
@@ -46,14 +43,11 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         self._model_dir = model_dir
         self._scaffold = scaffold
         self._policy = policy
-        # Read now so a malformed scheduler variable fails before training.
-        self._walltime_end = walltime.walltime_end(environ)
+        self._stop = walltime.StopConditions(policy.stop_signals, policy.walltime_margin_secs, environ)
         self._timer = None
         if policy.save_steps or policy.save_secs:
             self._timer = tf.compat.v1.train.SecondOrStepTimer(
                 every_secs=policy.save_secs, every_steps=policy.save_steps)
-        self._signals_seen = []
-        self._previous_handlers = {}
         self._last_saved_step = None
 
     def begin(self):
@@ -62,13 +56,7 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         if self._global_step is None:
             raise RuntimeError("The gathered checkpoint hook needs a global step; "
                                "create it with tf.compat.v1.train.get_or_create_global_step()")
-        if threading.current_thread() is threading.main_thread():
-            for signum in self._policy.stop_signals:
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        del frame
-        self._signals_seen.append(signal.Signals(signum).name)
+        self._stop.install()
 
     def after_create_session(self, session, coord):
         del coord
@@ -82,7 +70,7 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         return tf.compat.v1.train.SessionRunArgs(self._global_step)
 
     def after_run(self, run_context, run_values):
-        reason = self._stop_reason()
+        reason = self._stop.reason()
         if reason is not None:
             step = self._save(run_context.session)
             log.warning("Stopping at step %d after a final save: %s.", step, reason)
@@ -100,18 +88,7 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         try:
             self._save(session)
         finally:
-            for signum, handler in self._previous_handlers.items():
-                signal.signal(signum, handler)
-            self._previous_handlers = {}
-
-    def _stop_reason(self):
-        if self._signals_seen:
-            return self._signals_seen[0]
-        if self._walltime_end is not None:
-            remaining = self._walltime_end - time.time()
-            if remaining < self._policy.walltime_margin_secs:
-                return "walltime"
-        return None
+            self._stop.uninstall()
 
     def _save(self, session):
         step = int(session.run(self._global_step))

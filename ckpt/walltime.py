@@ -7,10 +7,15 @@ Sources, first match wins:
                       PBS_JOBSTART (epoch seconds) or, without them, from the
                       start of this process
 
+``StopConditions`` turns that, and the scheduler's stop signals, into the one
+answer every task of a job needs after each step: stop now, and why.
+
 It leaves out querying the scheduler (squeue/qstat): a job step must not
 depend on the controller being reachable while it trains.
 """
 import os
+import signal
+import threading
 import time
 
 from bwtf.ckpt import errors
@@ -54,3 +59,45 @@ def remaining_walltime_secs(environ=None, now=None):
     if end is None:
         return None
     return end - (time.time() if now is None else now)
+
+
+class StopConditions:
+    """Why this task should stop now, if at all: a stop signal came, or the walltime margin is reached.
+
+    The chief's checkpoint hook and the other tasks' stop hooks share it, so
+    every task reads the same signals and the same walltime the same way. The
+    signal handlers only record the signal: acting inside a handler could
+    interrupt a session.run, so the hooks act after the current step.
+    """
+
+    def __init__(self, stop_signals, walltime_margin_secs=None, environ=None):
+        self._stop_signals = tuple(stop_signals)
+        self._margin = walltime_margin_secs
+        # Read now so that a malformed scheduler variable fails before training.
+        self._walltime_end = walltime_end(environ)
+        self._signals_seen = []
+        self._previous_handlers = {}
+
+    def install(self):
+        """Starts recording the stop signals (Python delivers them to the main thread only)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._stop_signals:
+                self._previous_handlers[signum] = signal.signal(signum, self._record)
+
+    def uninstall(self):
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _record(self, signum, frame):
+        del frame
+        self._signals_seen.append(signal.Signals(signum).name)
+
+    def reason(self):
+        """The first stop signal's name ("SIGTERM", ...), "walltime", or None."""
+        if self._signals_seen:
+            return self._signals_seen[0]
+        if (self._walltime_end is not None and self._margin is not None
+                and self._walltime_end - time.time() < self._margin):
+            return "walltime"
+        return None

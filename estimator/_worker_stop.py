@@ -17,7 +17,6 @@ worker stopping one step before the chief would leave the chief's all-reduce
 waiting.
 """
 import signal
-import threading
 import time
 
 import tensorflow as tf
@@ -59,40 +58,23 @@ class WorkerStopHook(tf.compat.v1.train.SessionRunHook):
     or once less than ``walltime_margin_secs`` of the job's walltime is left."""
 
     def __init__(self, stop_signals, walltime_margin_secs=None, environ=None):
-        self._stop_signals = tuple(stop_signals)
-        self._signals_seen = []
-        self._previous_handlers = {}
-        self._stop_at = None
-        if walltime_margin_secs is not None:
-            # Read now, as the chief's hook does, so a malformed variable fails early.
-            remaining = ckpt.remaining_walltime_secs(environ)
-            if remaining is not None:
-                self._stop_at = time.time() + remaining - walltime_margin_secs
+        # The chief's hook reads the same conditions (bwtf.ckpt), so every task
+        # of the job stops for the same reasons.
+        self._stop = ckpt.StopConditions(stop_signals, walltime_margin_secs, environ)
 
     def begin(self):
         global _STOP_REASON
         _STOP_REASON = None
-        # Python delivers signals to the main thread only; elsewhere (a test
-        # driving the hook) the scheduler's default action stays in place.
-        if threading.current_thread() is threading.main_thread():
-            for signum in self._stop_signals:
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        del frame
-        # Only record: stopping inside a handler could interrupt a session.run.
-        self._signals_seen.append(signal.Signals(signum).name)
+        self._stop.install()
 
     def after_run(self, run_context, run_values):
         global _STOP_REASON
-        walltime = self._stop_at is not None and time.time() >= self._stop_at
-        if (self._signals_seen or walltime) and _STOP_REASON is None:
-            _STOP_REASON = self._signals_seen[0] if self._signals_seen else "walltime"
+        reason = self._stop.reason()
+        if reason is not None and _STOP_REASON is None:
+            _STOP_REASON = reason
             logging.warning("worker stops after this step: %s (only the chief saves)", _STOP_REASON)
             run_context.request_stop()
 
     def end(self, session):
         del session
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers = {}
+        self._stop.uninstall()

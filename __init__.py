@@ -86,3 +86,22 @@ def require_supported_tensorflow():
 require_supported_tensorflow()
 
 __version__ = "0.1.0"
+
+
+def show_program_flags_in_help(flag_values=None):
+    """Makes ``--help`` list the program's own flags, not an empty page.
+
+    absl's ``--help`` lists the key flags of the main module, which for a
+    console script is pip's wrapper (it defines none), and bwtf's programs
+    define theirs in shared modules. Each program's ``run()`` calls this
+    before ``app.run`` so that every bwtf flag counts as the main module's.
+    """
+    import sys
+
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if module.startswith("bwtf.") or module == sys.argv[0]:
+            for flag in module_flags:
+                flag_values.register_key_flag_for_module(sys.argv[0], flag)

@@ -16,6 +16,7 @@ import sys
 from absl import app
 from absl import flags
 
+import bwtf
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
 from bwtf.ckpt import policy as policy_lib
@@ -137,6 +138,7 @@ def main(argv):
 
 
 def run():
+    bwtf.show_program_flags_in_help()
     app.run(main)
 
 

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+import bwtf
 from bwtf.data.imagenet_archive import imagenet_archive_dataset_builder as builder_lib
 
 DATASET = "imagenet_archive"
@@ -174,6 +175,7 @@ def run():
     from bwtf.data import _build_flags
 
     flags.mark_flags_as_required(["manual_dir", "data_dir"])
+    bwtf.show_program_flags_in_help()
     app.run(functools.partial(main, program_flags=_build_flags))
 
 

@@ -32,6 +32,8 @@ import tempfile
 from absl import app
 from absl import flags
 
+import bwtf
+
 LAYOUTS = ("ilsvrc2012", "fall11", "extracted")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _UPSCALE = 8  # 8x8 digits -> 64x64 images
@@ -234,6 +236,7 @@ def run():
     from bwtf.data import _sample_archive_flags
 
     flags.mark_flag_as_required("out")
+    bwtf.show_program_flags_in_help()
     app.run(functools.partial(main, program_flags=_sample_archive_flags))
 
 

@@ -44,6 +44,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import app, flags, logging
 
+import bwtf
 from bwtf.estimator import _eval_checkpoints, _eval_estimator, _eval_history, _eval_loop
 from bwtf.estimator import _eval_setup, _flags, _tf_logging, inputs, model_fn
 from bwtf.estimator import config as config_lib
@@ -245,6 +246,7 @@ def main(argv, cli_flags):
 
 def run():
     cli_flags = define_flags()
+    bwtf.show_program_flags_in_help()
     app.run(lambda argv: main(argv, cli_flags))
 
 

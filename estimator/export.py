@@ -35,6 +35,7 @@ import uuid
 import tensorflow as tf
 from absl import app, flags, logging
 
+import bwtf
 from bwtf.estimator import _eval_checkpoints, _eval_setup, _export_labels, _export_signature
 from bwtf.estimator import _flags, _tf_logging, config, inputs, model_fn
 
@@ -191,6 +192,7 @@ def main(argv, cli_flags):
 
 def run():
     cli_flags = define_flags()
+    bwtf.show_program_flags_in_help()
     app.run(lambda argv: main(argv, cli_flags))
 
 

@@ -46,6 +46,7 @@ import sys
 from absl import app
 from absl import flags
 
+import bwtf
 from bwtf.estimator import _flags_digest
 from bwtf.estimator import _local_cluster
 from bwtf.estimator import _ps_lifecycle
@@ -231,6 +232,7 @@ def main(argv):
 
 
 def run():
+    bwtf.show_program_flags_in_help()
     app.run(main)
 
 

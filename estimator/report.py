@@ -24,6 +24,7 @@ import tempfile
 
 from absl import app, flags, logging
 
+import bwtf
 from bwtf.estimator import _eval_events
 
 # Throughput tag names, most specific first; train.py's own tag leads.
@@ -175,6 +176,7 @@ def main(argv, output_dir_flag):
 
 def run():
     output_dir_flag = define_flags()
+    bwtf.show_program_flags_in_help()
     app.run(lambda argv: main(argv, output_dir_flag))
 
 

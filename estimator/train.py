@@ -63,6 +63,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import bwtf
 from bwtf import ckpt
 from bwtf.estimator import _eval_history
 from bwtf.estimator import _eval_setup
@@ -363,6 +364,7 @@ def main(argv):
 
 
 def run():
+    bwtf.show_program_flags_in_help()
     app.run(main)
 
 

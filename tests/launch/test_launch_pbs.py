@@ -74,8 +74,12 @@ def test_pbs_job_stops_before_its_walltime_and_the_rerun_completes(digits_data_d
     # 170 s of walltime minus bwtf.ckpt's 120 s margin: the chief stops about 50 s
     # in. The first run's step target is out of reach on any machine, so the
     # walltime, not the speed of this machine, is what ends it.
-    first = _run_script(_pbs_env(tmp_path, 4, 170), [f"--flagfile={job_flags('first.flags', 10**6)}"], 240)
+    first_flags = job_flags("first.flags", 10**6)
+    first = _run_script(_pbs_env(tmp_path, 4, 170), [f"--flagfile={first_flags}"], 240)
     assert first.returncode == 75, first.stdout + first.stderr
+    # The evaluator, still waiting for the unreachable final step, must not outlive the script.
+    left = subprocess.run(["pgrep", "-af", str(first_flags)], capture_output=True, text=True)
+    assert left.returncode == 1, f"processes of the first run are still running:\n{left.stdout}"
     assert "the chief saved and stopped for requeue" in first.stdout
     log_dir = tmp_path / "bwtf-logs-4242"
     first_chief = _chief_log(log_dir / "r0")

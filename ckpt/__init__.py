@@ -11,6 +11,21 @@ Public API (import as ``from bwtf import ckpt``)::
 
     ckpt.EXIT_REQUEUE = 75   # EX_TEMPFAIL: "stopped for walltime/signal after a
                              # final save; requeue me". train.py exits with it.
+    ckpt.EXIT_FENCED = 73    # EX_CANTCREAT: a chief fenced off by a newer owner
+                             # of its model_dir; wrote nothing more; no requeue.
+    ckpt.FencedError         # raised by a save/prune of a superseded writer;
+                             # .exit_code == EXIT_FENCED
+    ckpt.take_ownership(model_dir) -> CheckpointRef | None
+        the chief, before training: model_dir writable, ownership taken (an
+        older writer is fenced), LATEST and TF's checkpoint file repaired to
+        name the newest intact checkpoint, which is returned.
+    ckpt.install_estimator_step_reader(full=True)
+        every training task, before Estimator.train: its "max_steps already
+        saved" decision reads the newest intact checkpoint, not the pointer.
+    ckpt.repair_pointers(model_dir) -> CheckpointRef | None
+    ckpt.resolve_checkpoint(path) -> CheckpointRef | None
+        a model_dir (newest intact), ckpt-<N> dir or prefix inside one,
+        verified (cached per manifest); CorruptCheckpointError if not intact.
     ckpt.CheckpointPolicy(save_steps=None, save_secs=None, keep_last=5,
                           keep_every_hours=None, max_group_bytes=256 MiB,
                           walltime_margin_secs=120.0,
@@ -29,10 +44,12 @@ Public API (import as ``from bwtf import ckpt``)::
     ckpt.stop_requested() -> str | None
         after training returns: why the stop hook stopped ("SIGTERM",
         "SIGUSR1", "walltime") or None.
-    ckpt.latest_intact_checkpoint(model_dir) -> CheckpointRef | None
+    ckpt.latest_intact_checkpoint(model_dir, full=True) -> CheckpointRef | None
         CheckpointRef(.path, .step, .directory); .path is a prefix usable by
         tf.train.load_checkpoint and Saver.restore. Skips corrupt and
-        uncommitted checkpoints with a warning that names the reason.
+        uncommitted checkpoints with a warning that names the reason. The one
+        verified reader: a checkpoint's bytes are checked once per process
+        (keyed by its manifest), however many callers ask.
     ckpt.GatheredSaver(model_dir, policy, device=None, var_list=None)
         the saver itself (Saver-compatible: build/save/restore/saver_def/...).
     ckpt.verify_checkpoint(directory, full=True) -> None
@@ -70,6 +87,12 @@ import importlib
 # Names served lazily: name -> module that defines it.
 _LAZY = {
     "EXIT_REQUEUE": "bwtf.ckpt.policy",
+    "EXIT_FENCED": "bwtf.ckpt.policy",
+    "FencedError": "bwtf.ckpt.errors",
+    "resolve_checkpoint": "bwtf.ckpt.commit",
+    "repair_pointers": "bwtf.ckpt.commit",
+    "take_ownership": "bwtf.ckpt.startup",
+    "install_estimator_step_reader": "bwtf.ckpt.startup",
     "CheckpointPolicy": "bwtf.ckpt.policy",
     "CheckpointError": "bwtf.ckpt.errors",
     "WalltimeEnvError": "bwtf.ckpt.errors",

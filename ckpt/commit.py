@@ -26,20 +26,24 @@ log which newer ones they skipped and why.
 This module does not know TensorFlow: the saver hands it a staging prefix and
 the variable list. Retention is in retention.py.
 """
+import collections
 from concurrent import futures
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 
 from bwtf.ckpt import _failpoints
 from bwtf.ckpt import _identity
 from bwtf.ckpt import errors
+from bwtf.ckpt import fence
 from bwtf.ckpt import storage as storage_lib
 
 MANIFEST = "MANIFEST.json"
@@ -55,7 +59,9 @@ _V1_CHECKSUM = "crc32"
 # the CPU, so a few run at once.
 _SEAL_THREADS = 3
 
-_DIR_RE = re.compile(r"^ckpt-(\d+)$")
+_DIR_RE = re.compile(r"^ckpt-(0|[1-9][0-9]*)$")
+# What a user may take for a checkpoint name (ckpt-009): listed, never used.
+_LOOSE_DIR_RE = re.compile(r"^ckpt-([0-9]+)$")
 TMP_DIR_RE = re.compile(r"^\.tmp-ckpt-(\d+)-([0-9a-f]+)$")
 
 log = logging.getLogger("bwtf.ckpt")
@@ -80,6 +86,9 @@ class CheckpointStatus:
     reason: str = ""
     size_bytes: int = 0
     created: float = 0.0
+    # Not a checkpoint bwtf wrote (a symbolic link, a non-canonical name):
+    # listed as broken, never used and never deleted.
+    foreign: bool = False
 
 
 def prefix_name(step):
@@ -110,9 +119,11 @@ class PendingCheckpoint:
     nothing a reader would trust.
     """
 
-    def __init__(self, model_dir, step):
+    def __init__(self, model_dir, step, ownership=None):
         _failpoints.check_config()
         self.store = as_storage(model_dir)
+        # A writer without an explicit claim takes ownership at its first save.
+        self.ownership = ownership or fence.acquire(self.store)
         self.step = int(step)
         self.final_dir = self.store.path(f"ckpt-{self.step}")
         self._token = uuid.uuid4().hex[:12]
@@ -163,38 +174,65 @@ class PendingCheckpoint:
             "prefix": prefix_name(self.step), "files": files, "variables": variables,
             "writer": _identity.current(), "created": time.time(),
         }
-        _write_manifest(os.path.join(self.staging_dir, MANIFEST), manifest)
+        manifest_path = os.path.join(self.staging_dir, MANIFEST)
+        _write_manifest(manifest_path, manifest)
         _failpoints.reach("manifest_written")
-        self._clear_broken_final()
+        self.ownership.check(f"commit of ckpt-{self.step}")
+        if not self._clear_broken_final():
+            self.abort()
+            return _ref(self.store, self.step)
         if self.store.atomic_rename:
             self.store.rename(self.staging_dir, self.final_dir)
         else:
-            self._upload_then_mark(files)
+            self._upload_then_mark(files, manifest_path)
         _failpoints.reach("committed")
+        _trust_own_commit(self.store, self.final_dir)
+        self.ownership.check("pointer update")
         update_pointers(self.store, self.step)
         return _ref(self.store, self.step)
 
     def _clear_broken_final(self):
-        """A ckpt-<N> already there (a save of the same step after a restart)
-        is replaced; it is moved aside first so no reader ever sees a mix."""
+        """False if an intact ckpt-<N> is already there: it is kept (nothing
+        replaces a committed checkpoint that verifies) and this save dropped.
+        A broken one is moved aside first, so no reader ever sees a mix."""
         if not self.store.exists(self.final_dir):
-            return
-        status = check(self.store, self.final_dir, full=False)
-        log.warning("Replacing existing %s (%s).", self.store.display(self.final_dir),
-                    "intact" if status.intact else status.reason)
+            return True
+        status = check(self.store, self.final_dir, full=True)
+        if status.intact or status.foreign:
+            log.warning("Keeping the existing %s (%s); this save of step %d is dropped.",
+                        self.store.display(self.final_dir),
+                        "intact" if status.intact else status.reason, self.step)
+            return False
+        log.warning("Replacing the broken %s (%s).", self.store.display(self.final_dir),
+                    status.reason)
         if self.store.atomic_rename:
             aside = self.store.path(f".tmp-ckpt-{self.step}-{uuid.uuid4().hex[:12]}")
             self.store.rename(self.final_dir, aside)
             self.store.remove_tree(aside)
         else:
             self.store.remove_tree(self.final_dir)
+        return True
 
-    def _upload_then_mark(self, files):
+    def _upload_then_mark(self, files, manifest_path):
         for name in sorted(files) + [MANIFEST]:
             self.store.upload(os.path.join(self.staging_dir, name), f"{self.final_dir}/{name}")
-        self.store.write_atomic(f"{self.final_dir}/{MARKER}",
-                                json.dumps({"step": self.step}).encode())
+        with open(manifest_path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        marker = {"step": self.step, "manifest_sha256": digest, "writer": _identity.current(),
+                  "generation": self.ownership.generation}
+        self.store.write_atomic(f"{self.final_dir}/{MARKER}", json.dumps(marker).encode())
         shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def _trust_own_commit(store, directory):
+    """Records a checkpoint this process just committed as fully verified: its
+    checksums were computed from the very files it wrote, so reading them all
+    back (to repair pointers or prune) would only cost time."""
+    try:
+        _, _, key = _verify(store, directory, step_of(directory.rsplit("/", 1)[-1]), full=False)
+    except (errors.CorruptCheckpointError, OSError):
+        return
+    _remember(key)
 
 
 def _write_json_file(path, data):
@@ -247,7 +285,7 @@ def _committed_steps(store):
     steps = []
     for name in store.listdir(store.root):
         step = step_of(name)
-        if step is None:
+        if step is None or store.is_link(store.path(name)):
             continue
         if store.atomic_rename or store.exists(store.path(name, MARKER)):
             steps.append(step)
@@ -270,30 +308,76 @@ def update_pointers(store, newest_step, crash_points=True):
     reach("state_written")
 
 
-def read_manifest(store, directory):
-    """The parsed manifest of ``directory``; CorruptCheckpointError if unusable."""
-    path = f"{directory}/{MANIFEST}"
-    try:
-        raw = store.read_bytes(path)
-    except FileNotFoundError:
-        raise errors.CorruptCheckpointError(
-            f"no {MANIFEST}: uncommitted (its writer died before finishing) or not a bwtf checkpoint")
+# A manifest lists a few files and variables: anything much larger is not ours.
+_MANIFEST_LIMIT = 64 * 2**20
+_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_manifest(manifest):
+    """Raises CorruptCheckpointError unless every field a reader uses has its type."""
+    problems = []
+    if not _is_int(manifest.get("step")) or manifest["step"] < 0:
+        problems.append(f"'step' is {manifest.get('step')!r}, expected an integer >= 0")
+    prefix = manifest.get("prefix", "")
+    if not isinstance(prefix, str) or (prefix and not _SAFE_NAME_RE.match(prefix)):
+        problems.append(f"'prefix' is {prefix!r}, expected a plain file name")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        problems.append(f"'files' is a {type(files).__name__}, expected an object")
+    else:
+        for name, meta in files.items():
+            if not _SAFE_NAME_RE.match(name) or name in (MANIFEST, MARKER, WRITER):
+                problems.append(f"file name {name[:80]!r} is not a plain name inside the "
+                                "checkpoint directory")
+            elif not isinstance(meta, dict) or not _is_int(meta.get("size")):
+                problems.append(f"file {name!r} has no integer 'size'")
+            if len(problems) > 3:
+                break
+    for key, kind in (("variables", dict), ("writer", dict), ("created", (int, float))):
+        if key in manifest and not isinstance(manifest[key], kind):
+            problems.append(f"'{key}' has the wrong type ({type(manifest[key]).__name__})")
+    if problems:
+        raise errors.CorruptCheckpointError(f"{MANIFEST} is malformed: {'; '.join(problems)}")
+
+
+def parse_manifest(raw):
+    """The manifest in ``raw`` bytes, validated; CorruptCheckpointError if unusable."""
     try:
         manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise errors.CorruptCheckpointError(f"{MANIFEST} is not valid JSON ({e})")
+    except RecursionError:
+        raise errors.CorruptCheckpointError(f"{MANIFEST} is nested too deeply to be a manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise errors.CorruptCheckpointError(
-            f"foreign {MANIFEST}: format is {found!r}, expected {FORMAT!r}")
+            f"foreign {MANIFEST}: format is {str(found)[:80]!r}, expected {FORMAT!r}")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not _is_int(version) or version > FORMAT_VERSION:
         raise errors.CorruptCheckpointError(
-            f"{MANIFEST} has format_version {version!r}; this bwtf reads up to "
+            f"{MANIFEST} has format_version {repr(version)[:40]}; this bwtf reads up to "
             f"{FORMAT_VERSION}. Upgrade bwtf to read it")
-    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("step"), int):
+    if not isinstance(manifest.get("files"), dict) or not _is_int(manifest.get("step")):
         raise errors.CorruptCheckpointError(f"{MANIFEST} lacks its 'files' or 'step' entry")
+    _validate_manifest(manifest)
     return manifest
+
+
+def _read_manifest_bytes(store, directory):
+    try:
+        return store.read_bytes(f"{directory}/{MANIFEST}", limit=_MANIFEST_LIMIT)
+    except FileNotFoundError:
+        raise errors.CorruptCheckpointError(
+            f"no {MANIFEST}: uncommitted (its writer died before finishing) or not a bwtf checkpoint")
+
+
+def read_manifest(store, directory):
+    """The parsed manifest of ``directory``; CorruptCheckpointError if unusable."""
+    return parse_manifest(_read_manifest_bytes(store, directory))
 
 
 def checksum_of(manifest):
@@ -303,56 +387,141 @@ def checksum_of(manifest):
     algorithm = manifest.get("checksum")
     if algorithm not in storage_lib.CHECKSUMS:
         raise errors.CorruptCheckpointError(
-            f"{MANIFEST} names checksum {algorithm!r}; expected one of "
+            f"{MANIFEST} names checksum {str(algorithm)[:40]!r}; expected one of "
             f"{', '.join(storage_lib.CHECKSUMS)}")
     return algorithm
 
 
-def _check_files(store, directory, manifest, full):
+def _check_sizes(store, directory, manifest):
+    """Checks every listed file's size; returns (total bytes, fingerprint).
+
+    The fingerprint (each file's size, mtime and inode or generation) keys
+    the full-check cache, so a file rewritten after a check is checked again.
+    """
     prefix = manifest.get("prefix", "")
-    algorithm = checksum_of(manifest)
     names = manifest["files"]
     if f"{prefix}.index" not in names or not any(".data-" in n for n in names):
         raise errors.CorruptCheckpointError(
             f"{MANIFEST} lists no {prefix}.index or no data file")
-    total = 0
+    total, fingerprint = 0, []
     for name, meta in sorted(names.items()):
-        path = f"{directory}/{name}"
         try:
-            size = store.size(path)
+            size, version = store.stat(f"{directory}/{name}")
         except FileNotFoundError:
             raise errors.CorruptCheckpointError(f"{name} is missing")
         if size != meta.get("size"):
             raise errors.CorruptCheckpointError(
                 f"{name} has {size} bytes, the manifest says {meta.get('size')} (truncated?)")
-        if full and store.checksum(path, algorithm) != meta.get(algorithm):
+        total += size
+        fingerprint.append((name, size, version))
+    return total, tuple(fingerprint)
+
+
+def _check_checksums(store, directory, manifest):
+    algorithm = checksum_of(manifest)
+    for name, meta in sorted(manifest["files"].items()):
+        if store.checksum(f"{directory}/{name}", algorithm) != meta.get(algorithm):
             raise errors.CorruptCheckpointError(
                 f"{name} fails its {algorithm.upper()} check (corrupted)")
-        total += size
-    return total
+
+
+# Checkpoints whose every checksum matched, keyed by (directory, manifest
+# digest, file fingerprint): a process reads a checkpoint's bytes once,
+# however many readers ask (restore, the step-limit decision, the evaluator).
+# Bounded: the oldest entries are dropped first.
+_VERIFIED = collections.OrderedDict()
+_VERIFIED_LOCK = threading.Lock()
+_VERIFIED_MAX = 256
+
+
+def _is_verified(key):
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            _VERIFIED.move_to_end(key)
+            return True
+    return False
+
+
+def _remember(key):
+    with _VERIFIED_LOCK:
+        _VERIFIED[key] = True
+        _VERIFIED.move_to_end(key)
+        while len(_VERIFIED) > _VERIFIED_MAX:
+            _VERIFIED.popitem(last=False)
+
+
+def forget_verified():
+    """Drops every cached verification (tests; a reader that wants a recheck)."""
+    with _VERIFIED_LOCK:
+        _VERIFIED.clear()
+
+
+def _broken(store, directory, step, reason, foreign=False):
+    return CheckpointStatus(store.display(directory), step if step is not None else -1,
+                            False, reason, foreign=foreign)
+
+
+def _verify(store, directory, step, full):
+    """(manifest, size, cache key); raises CorruptCheckpointError."""
+    if not store.atomic_rename and not store.exists(f"{directory}/{MARKER}"):
+        raise errors.CorruptCheckpointError(f"no {MARKER} marker: uncommitted")
+    raw = _read_manifest_bytes(store, directory)
+    manifest = parse_manifest(raw)
+    if manifest["step"] != step:
+        raise errors.CorruptCheckpointError(
+            f"{MANIFEST} is for step {manifest['step']}, not {step}: "
+            "copied from another checkpoint?")
+    storage_lib.require_checksum(checksum_of(manifest))
+    if not store.atomic_rename:
+        _check_marker(store, directory, raw)
+    size, fingerprint = _check_sizes(store, directory, manifest)
+    key = (store.display(directory), hashlib.sha256(raw).hexdigest(), fingerprint)
+    if full and not _is_verified(key):
+        _check_checksums(store, directory, manifest)
+        _remember(key)
+    return manifest, size, key
 
 
 def check(model_dir, directory, full=True):
-    """Verifies one checkpoint directory; returns its CheckpointStatus."""
+    """Verifies one checkpoint directory; returns its CheckpointStatus.
+
+    The manifest and the sizes are read every time (cheap); the checksums
+    once per manifest and file fingerprint (see _VERIFIED).
+    """
     store = as_storage(model_dir)
-    step = step_of(directory.rstrip("/").rsplit("/", 1)[-1])
+    name = directory.rstrip("/").rsplit("/", 1)[-1]
+    step = step_of(name)
+    if step is None:
+        loose = _LOOSE_DIR_RE.match(name)
+        return _broken(store, directory, int(loose.group(1)) if loose else None,
+                       f"the directory name is not ckpt-<step> (expected "
+                       f"ckpt-{int(loose.group(1))})" if loose else
+                       "the directory name is not ckpt-<step>", foreign=True)
+    if store.is_link(directory):
+        return _broken(store, directory, step, "is a symbolic link; bwtf never follows links "
+                       "inside model_dir", foreign=True)
     try:
-        if step is None:
-            raise errors.CorruptCheckpointError("the directory name is not ckpt-<step>")
-        if not store.atomic_rename and not store.exists(f"{directory}/{MARKER}"):
-            raise errors.CorruptCheckpointError(f"no {MARKER} marker: uncommitted")
-        manifest = read_manifest(store, directory)
-        if manifest["step"] != step:
-            raise errors.CorruptCheckpointError(
-                f"{MANIFEST} is for step {manifest['step']}, not {step}: "
-                "copied from another checkpoint?")
-        size = _check_files(store, directory, manifest, full)
+        manifest, size, _ = _verify(store, directory, step, full)
     except errors.CorruptCheckpointError as e:
-        return CheckpointStatus(store.display(directory), step or -1, False, str(e))
-    except OSError as e:
-        return CheckpointStatus(store.display(directory), step or -1, False, f"unreadable: {e}")
+        return _broken(store, directory, step, str(e))
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        return _broken(store, directory, step, f"unreadable: {e}")
     return CheckpointStatus(store.display(directory), step, True, "", size,
                             float(manifest.get("created", 0.0)))
+
+
+def _check_marker(store, directory, raw_manifest):
+    """The COMMITTED marker must name this manifest's digest (older markers name
+    only the step, and are accepted)."""
+    try:
+        marker = json.loads(store.read_bytes(f"{directory}/{MARKER}", limit=2**16))
+    except (ValueError, RecursionError):
+        raise errors.CorruptCheckpointError(f"{MARKER} marker is not valid JSON")
+    digest = marker.get("manifest_sha256") if isinstance(marker, dict) else None
+    if digest is not None and digest != hashlib.sha256(raw_manifest).hexdigest():
+        raise errors.CorruptCheckpointError(
+            f"{MANIFEST} does not match the digest its {MARKER} marker names (rewritten "
+            "after the commit?)")
 
 
 def verify_checkpoint(directory, full=True):
@@ -365,26 +534,110 @@ def verify_checkpoint(directory, full=True):
         raise errors.CorruptCheckpointError(f"{status.directory}: {status.reason}")
 
 
-def list_checkpoints(model_dir, full=False):
-    """Every ``ckpt-<N>`` directory of model_dir, oldest first, with its status."""
-    store = as_storage(model_dir)
-    steps = sorted(s for s in map(step_of, store.listdir(store.root)) if s is not None)
-    return [check(store, store.path(f"ckpt-{s}"), full=full) for s in steps]
-
-
-def latest_intact_checkpoint(model_dir):
-    """The newest checkpoint that fully verifies, or None; logs what it skipped."""
-    store = as_storage(model_dir)
+def candidate_names(store):
+    """Names in model_dir that are, or look like, checkpoint directories."""
     if not store.isdir(store.root):
-        return None
-    steps = sorted((s for s in map(step_of, store.listdir(store.root)) if s is not None),
-                   reverse=True)
+        return []
+    return [n for n in store.listdir(store.root) if _LOOSE_DIR_RE.match(n)]
+
+
+def list_checkpoints(model_dir, full=False):
+    """Every ``ckpt-<N>`` directory of model_dir, oldest first, with its status.
+
+    Names that only look like one (``ckpt-009``) and symbolic links are listed
+    as broken and ``foreign``: never used, never deleted.
+    """
+    store = as_storage(model_dir)
+    statuses = [check(store, store.path(n), full=full) for n in candidate_names(store)]
+    return sorted(statuses, key=lambda s: (s.step, s.directory))
+
+
+def latest_intact_checkpoint(model_dir, full=True):
+    """The newest checkpoint that verifies, or None; logs what it skipped.
+
+    This is bwtf's one verified reader: training restore, the step-limit
+    decision, the evaluator, bwtf-eval, bwtf-export and the CLI all ask it.
+    ``full=False`` checks sizes only (tasks that do not restore: workers).
+    """
+    store = as_storage(model_dir)
+    names = candidate_names(store)
+    steps = sorted((s for s in map(step_of, names) if s is not None), reverse=True)
     for step in steps:
-        status = check(store, store.path(f"ckpt-{step}"), full=True)
+        status = check(store, store.path(f"ckpt-{step}"), full=full)
         if status.intact:
             return _ref(store, step)
         log.warning("Skipping checkpoint %s: %s", status.directory, status.reason)
     return None
+
+
+def resolve_checkpoint(path):
+    """The verified CheckpointRef for ``path``: a model_dir (its newest intact
+    checkpoint), a ``ckpt-<N>`` directory or a prefix inside one. Raises
+    CorruptCheckpointError (naming the path and why) if it is not intact, and
+    returns None for a model_dir without an intact checkpoint."""
+    text = str(path).rstrip("/")
+    head, _, tail = text.rpartition("/")
+    if step_of(tail) is None and step_of(head.rpartition("/")[2]) is not None:
+        step = step_of(head.rpartition("/")[2])
+        if tail != prefix_name(step):
+            raise errors.CorruptCheckpointError(
+                f"{text} is not the checkpoint prefix of {head} (expected {prefix_name(step)})")
+        text, head, tail = head, head.rpartition("/")[0], head.rpartition("/")[2]
+    if step_of(tail) is None:
+        return latest_intact_checkpoint(text)
+    store = storage_lib.Storage(head or "/")
+    status = check(store, store.path(tail), full=True)
+    if not status.intact:
+        raise errors.CorruptCheckpointError(f"{status.directory}: {status.reason}")
+    return _ref(store, status.step)
+
+
+def read_pointer(model_dir):
+    """The step LATEST names, or None when it is missing or unreadable."""
+    store = as_storage(model_dir)
+    try:
+        pointer = json.loads(store.read_bytes(store.path(POINTER), limit=2**16))
+    except (OSError, ValueError, RecursionError, errors.CheckpointError):
+        return None
+    step = pointer.get("step") if isinstance(pointer, dict) else None
+    return step if _is_int(step) else None
+
+
+def _state_file_step(store):
+    try:
+        text = store.read_bytes(store.path(STATE_FILE), limit=2**20).decode("utf-8", "replace")
+    except (OSError, errors.CheckpointError):
+        return None
+    match = re.search(r'^model_checkpoint_path: "ckpt-(\d+)/', text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def repair_pointers(model_dir, force=False):
+    """Points LATEST and TF's state file at the newest intact checkpoint.
+
+    The chief calls this once it owns model_dir and before anything (Estimator's
+    step-limit decision, restore) reads the pointers: a crash between the
+    rename and the pointer writes, or between the two pointer writes, or a
+    newest checkpoint that went corrupt, leaves them naming the wrong step.
+    Returns the newest intact CheckpointRef (or None).
+    """
+    store = as_storage(model_dir)
+    ref = latest_intact_checkpoint(store)
+    want = ref.step if ref is not None else None
+    if not force and read_pointer(store) == want and _state_file_step(store) == want:
+        return ref
+    if ref is None:
+        for name in (POINTER, STATE_FILE):
+            if store.exists(store.path(name)):
+                log.warning("Removing %s: no intact checkpoint is left for it to name.",
+                            store.display(store.path(name)))
+                store.remove_tree(store.path(name))
+        return None
+    if not force:
+        log.warning("Pointing %s and %s at %s, the newest intact checkpoint.",
+                    store.display(store.path(POINTER)), STATE_FILE, ref.path)
+    update_pointers(store, ref.step, crash_points=False)
+    return ref
 
 
 def require_writable_model_dir(model_dir):

@@ -5,6 +5,7 @@ checkpoint, a malformed scheduler variable) is a CheckpointError, which the
 CLI and the training program turn into a one-line message. Bugs stay ordinary
 exceptions with tracebacks.
 """
+from bwtf.ckpt import policy
 
 
 class CheckpointError(Exception):
@@ -17,3 +18,14 @@ class WalltimeEnvError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint directory exists but is not intact (the message names why)."""
+
+
+class FencedError(Exception):
+    """A newer writer took model_dir over; this one must stop writing.
+
+    Not a CheckpointError (those are bad input, exit 2): the training program
+    exits with ``exit_code`` (policy.EXIT_FENCED), which batch scripts do not
+    requeue.
+    """
+
+    exit_code = policy.EXIT_FENCED

@@ -13,7 +13,6 @@ could interrupt a session.run, so the save happens after the current step.
 It leaves out stopping the other tasks of the cluster; the launcher and the
 ps lifecycle handle that once the chief has exited.
 """
-import json
 import logging
 
 import tensorflow as tf
@@ -61,8 +60,9 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
     def after_create_session(self, session, coord):
         del coord
         step = int(session.run(self._global_step))
-        # The step just restored is already on disk.
-        self._last_saved_step = step if commit.latest_intact_checkpoint(self._model_dir) else None
+        # The step just restored is already on disk (a cached verification).
+        latest = commit.latest_intact_checkpoint(self._model_dir)
+        self._last_saved_step = step if latest is not None and latest.step == step else None
         if self._timer is not None:
             self._timer.update_last_triggered_step(step)
 
@@ -98,25 +98,11 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         return step
 
 
-def _repair_pointers(model_dir):
-    """Points LATEST/state at the newest intact checkpoint if a crash left them
-    behind (a kill between the rename and the pointer update)."""
-    ref = commit.latest_intact_checkpoint(model_dir)
-    if ref is None:
-        return
-    store = commit.as_storage(model_dir)
-    try:
-        pointer = json.loads(store.read_bytes(store.path(commit.POINTER)))
-        pointed = pointer.get("step")
-    except (FileNotFoundError, ValueError, AttributeError):
-        pointed = None
-    if pointed != ref.step:
-        log.warning("Pointing %s at %s, the newest intact checkpoint.",
-                    store.display(store.path(commit.STATE_FILE)), ref.path)
-        commit.update_pointers(store, ref.step, crash_points=False)
-
-
 def chief_hooks(model_dir, scaffold, policy, environ=None):
-    """The chief's checkpoint hooks; pass them as training_chief_hooks."""
-    _repair_pointers(model_dir)
+    """The chief's checkpoint hooks; pass them as training_chief_hooks.
+
+    Making them writes nothing (model_fn runs on every task); the chief takes
+    ownership and repairs the pointers with ``prepare_model_dir`` before
+    training.
+    """
     return [GatheredCheckpointHook(model_dir, scaffold, policy, environ=environ)]

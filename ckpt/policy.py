@@ -11,6 +11,10 @@ from typing import Optional, Tuple
 # with it after a final save caused by a signal or the walltime, and the
 # launch scripts requeue the job when they see it.
 EXIT_REQUEUE = 75
+# EX_CANTCREAT: "cannot create output". A chief fenced off by a newer owner of
+# its model_dir (fence.py) exits with it after writing nothing more; it is
+# not requeued (the newer owner carries the job on).
+EXIT_FENCED = 73
 
 _MIB = 1024 * 1024
 

@@ -213,12 +213,23 @@ class GatheredSaver:
         except BaseException:
             pending.abort()
             raise
-        retention.prune(self._store, self._policy, in_background=self._deleter)
+        self._prune(pending.ownership)
         self._last_checkpoints = [p for p in self._last_checkpoints if p != ref.path] + [ref.path]
         size = commit.check(self._store, self._store.path(f"ckpt-{ref.step}"), full=False).size_bytes
         log.info("Saved checkpoint %s (gathered on the chief): step %d, %.1f MiB in %.2f s.",
                  ref.path, step, size / 2**20, time.monotonic() - started)
         return ref.path
+
+    def _prune(self, ownership):
+        """Retention after a commit. Only fencing stops training from here: a
+        file that vanished or could not be removed (another process pruning,
+        a flaky filesystem) is logged and retried at the next save."""
+        try:
+            retention.prune(self._store, self._policy, in_background=self._deleter,
+                            ownership=ownership)
+        except (OSError, errors.CheckpointError) as e:
+            log.warning("Retention in %s failed (%s); it is retried after the next save.",
+                        self._store.display(self._store.root), e)
 
     def _inside_model_dir(self, save_path):
         parent = os.path.dirname(str(save_path).rstrip("/"))

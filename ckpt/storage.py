@@ -3,11 +3,20 @@
 A Storage object hides the filesystem behind the few operations the commit
 protocol needs. It states one fact the protocol depends on: whether directory
 rename is atomic (POSIX and Lustre: yes; object stores: no, so they get the
-commit-marker protocol instead). It leaves out caching and retries, which
-fsspec and gcsfs already do.
+commit-marker protocol instead). It leaves out retries, which gcsfs does.
+
+Nothing under a local root is reached through a symbolic link: every open
+below the root walks the path one component at a time with ``O_NOFOLLOW``
+(a link planted in a run folder is refused with LinkRefusedError, never
+followed), and deleting a link removes the link, not what it points to.
+Object-store listings are refreshed before every read of a directory
+(gcsfs caches them, and a long-lived reader would never see new files).
 """
+import errno
 import mmap
 import os
+import shutil
+import stat
 import uuid
 import zlib
 
@@ -23,6 +32,12 @@ except ImportError:  # optional: zlib's CRC32 is the fallback
 
 _CHUNK = 8 * 1024 * 1024
 CHECKSUMS = ("crc32", "crc32c")
+
+
+def _ignore_vanished(function, path, exc_info):
+    del function
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 def fsync_path(path):
@@ -55,6 +70,11 @@ def _extender(algorithm):
         return lambda chunk, value: google_crc32c.extend(value, chunk)
     raise errors.CorruptCheckpointError(
         f"unknown checksum algorithm {algorithm!r}; expected one of {', '.join(CHECKSUMS)}")
+
+
+def require_checksum(algorithm):
+    """Raises CorruptCheckpointError now if ``algorithm`` cannot be computed here."""
+    _extender(algorithm)
 
 
 def stream_checksum(read, algorithm):
@@ -103,6 +123,50 @@ def checksum_and_fsync(fd, algorithm):
         os.close(fd)
 
 
+class LinkRefusedError(errors.CorruptCheckpointError, OSError):
+    """A path below model_dir is a symbolic link; bwtf does not follow it."""
+
+
+def open_below(root, path, flags, mode=0o644):
+    """os.open of ``path`` (below the local directory ``root``) without
+    following a symbolic link at any component below ``root``."""
+    rel = os.path.relpath(path, root)
+    parts = rel.split(os.sep)
+    if rel == "." or os.path.isabs(rel) or ".." in parts:
+        raise LinkRefusedError(errno.EINVAL, f"{path} is not below {root}")
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                  dir_fd=dir_fd)
+            except OSError as e:
+                _raise_if_link(e, dir_fd, part, path)
+                raise
+            os.close(dir_fd)
+            dir_fd = next_fd
+        try:
+            return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+        except OSError as e:
+            _raise_if_link(e, dir_fd, parts[-1], path)
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def _raise_if_link(error, dir_fd, name, path):
+    if error.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return
+    try:
+        is_link = stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return
+    if is_link:
+        raise LinkRefusedError(
+            errno.ELOOP, f"{path} is or crosses a symbolic link ({name}); bwtf never "
+            "follows links inside model_dir: remove the link") from None
+
+
 class Storage:
     """One model_dir's filesystem and root path."""
 
@@ -131,28 +195,93 @@ class Storage:
         protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
         return f"{protocol}://{path.lstrip('/')}"
 
+    def _below_root(self, path):
+        return self.is_local and path != self.root and path.startswith(self.root.rstrip("/") + "/")
+
+    def refresh(self, path=None):
+        """Drops cached listings (gcsfs caches them) so the next read is fresh."""
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+
     def listdir(self, path):
+        self.refresh(path)
         try:
             entries = self.fs.ls(path, detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
+    def is_link(self, path):
+        """True if ``path`` itself is a symbolic link (local stores only)."""
+        return self.is_local and os.path.islink(path)
+
     def exists(self, path):
+        if self.is_local:
+            return os.path.lexists(path)
         return self.fs.exists(path)
 
     def isdir(self, path):
+        if self._below_root(path):
+            return os.path.isdir(path) and not os.path.islink(path)
         return self.fs.isdir(path)
 
-    def size(self, path):
-        return self.fs.size(path)
+    def _open_local(self, path, flags=os.O_RDONLY, mode=0o644):
+        if self._below_root(path):
+            return open_below(self.root, path, flags, mode)
+        return os.open(path, flags, mode)
 
-    def read_bytes(self, path):
-        return self.fs.cat_file(path)
+    def _fd_regular(self, path):
+        fd = self._open_local(path)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise errors.CorruptCheckpointError(f"{path} is not a regular file")
+        return fd
+
+    def size(self, path):
+        if not self.is_local:
+            return self.fs.size(path)
+        fd = self._fd_regular(path)
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def stat(self, path):
+        """(size, version) of a file; version changes when the file is rewritten."""
+        if not self.is_local:
+            info = self.fs.info(path)
+            version = info.get("generation") or info.get("updated") or info.get("mtime") \
+                or info.get("created")
+            return info["size"], str(version)
+        fd = self._fd_regular(path)
+        try:
+            st = os.fstat(fd)
+            return st.st_size, (st.st_ino, st.st_mtime_ns)
+        finally:
+            os.close(fd)
+
+    def read_bytes(self, path, limit=None):
+        """The file's bytes; over ``limit`` bytes is a CorruptCheckpointError."""
+        if not self.is_local:
+            if limit is not None and self.fs.size(path) > limit:
+                raise errors.CorruptCheckpointError(f"{path} is over {limit} bytes")
+            return self.fs.cat_file(path)
+        fd = self._fd_regular(path)
+        try:
+            if limit is not None and os.fstat(fd).st_size > limit:
+                raise errors.CorruptCheckpointError(f"{path} is over {limit} bytes")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return f.read()
+        finally:
+            os.close(fd)
 
     def checksum(self, path, algorithm):
         if self.is_local:
-            return local_checksum(path, algorithm)
+            fd = self._fd_regular(path)
+            try:
+                return fd_checksum(fd, algorithm)
+            finally:
+                os.close(fd)
         with self.fs.open(path, "rb") as f:
             return stream_checksum(f.read, algorithm)
 
@@ -168,7 +297,8 @@ class Storage:
             self.fs.pipe_file(path, data)
             return
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
+        fd = self._open_local(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "wb") as f:
             f.write(data[: len(data) // 2])
             f.flush()
             if on_partial is not None:
@@ -186,8 +316,20 @@ class Storage:
         self.fs.get_file(path, local_path)
 
     def remove_tree(self, path):
+        """Deletes ``path``; a symbolic link is unlinked, never followed."""
+        if not self.is_local:
+            try:
+                self.fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+            return
         try:
-            self.fs.rm(path, recursive=True)
+            if os.path.islink(path) or not os.path.isdir(path):
+                os.unlink(path)
+            else:
+                # CPython's rmtree works through directory fds and unlinks
+                # links inside the tree instead of following them.
+                shutil.rmtree(path, onerror=_ignore_vanished)
         except FileNotFoundError:
             pass
 

@@ -26,6 +26,11 @@ def write_fake_checkpoint(model_dir, step, payload=None):
     return pending.finalize({"w": {"shape": [10, 10], "dtype": "float32"}})
 
 
+def listing(model_dir):
+    """model_dir's entries, without the ownership records (see fence.py)."""
+    return sorted(n for n in os.listdir(model_dir) if not n.startswith(".bwtf-owner-"))
+
+
 def model_dirs(tmp_path):
     return [str(tmp_path / "model"), f"memory://bwtf-test-{uuid.uuid4().hex}/model"]
 
@@ -39,10 +44,10 @@ def test_nothing_is_visible_before_finalize(tmp_path):
     model_dir = str(tmp_path / "m")
     pending = commit.PendingCheckpoint(model_dir, 7)
     open(pending.prefix + ".index", "wb").close()
-    assert os.listdir(model_dir) == [os.path.basename(pending.staging_dir)]
+    assert listing(model_dir) == [os.path.basename(pending.staging_dir)]
     assert ckpt.latest_intact_checkpoint(model_dir) is None
     ref = pending.finalize({})
-    assert sorted(os.listdir(model_dir)) == ["LATEST", "checkpoint", "ckpt-7"]
+    assert listing(model_dir) == ["LATEST", "checkpoint", "ckpt-7"]
     assert ref == commit.CheckpointRef(f"{model_dir}/ckpt-7/model.ckpt-7", 7, f"{model_dir}/ckpt-7")
 
 
@@ -210,13 +215,19 @@ def test_garbage_in_model_dir_never_crashes_the_reader(tmp_path):
     assert ckpt.latest_intact_checkpoint(str(tmp_path / "does-not-exist")) is None
 
 
-def test_same_step_saved_again_replaces_the_old_directory(tmp_path):
+def test_same_step_saved_again_keeps_the_intact_one_and_replaces_a_broken_one(tmp_path, caplog):
     model_dir = str(tmp_path / "m")
     write_fake_checkpoint(model_dir, 3, payload=b"old")
     ref = write_fake_checkpoint(model_dir, 3, payload=b"new!")
     ckpt.verify_checkpoint(ref.directory)
-    assert open(os.path.join(ref.directory, "model.ckpt-3.data-00000-of-00001"), "rb").read() == b"new!"
-    assert sorted(os.listdir(model_dir)) == ["LATEST", "checkpoint", "ckpt-3"]
+    data = os.path.join(ref.directory, "model.ckpt-3.data-00000-of-00001")
+    assert open(data, "rb").read() == b"old" and "Keeping the existing" in caplog.text
+    assert listing(model_dir) == ["LATEST", "checkpoint", "ckpt-3"]
+    _damage(commit.as_storage(model_dir), 3, "garbage manifest")
+    ref = write_fake_checkpoint(model_dir, 3, payload=b"new!")
+    ckpt.verify_checkpoint(ref.directory)
+    assert open(data, "rb").read() == b"new!"
+    assert listing(model_dir) == ["LATEST", "checkpoint", "ckpt-3"]
 
 
 def test_interrupted_writer_leaves_only_a_temporary_dir(tmp_path):
@@ -265,14 +276,14 @@ def test_background_prune_hides_the_checkpoint_at_once_and_removes_it_later(tmp_
     held = _HeldExecutor()
     removed = ckpt.prune(model_dir, ckpt.CheckpointPolicy(keep_last=1), in_background=held)
     assert removed == [f"{model_dir}/ckpt-1"]
-    names = sorted(os.listdir(model_dir))
+    names = listing(model_dir)
     assert "ckpt-1" not in names and [s.step for s in ckpt.list_checkpoints(model_dir)] == [2]
     assert 'ckpt-1/' not in open(os.path.join(model_dir, "checkpoint")).read()
     # Renamed aside, owned by this live process: no other pruner takes it.
     assert [n for n in names if n.startswith(".tmp-ckpt-1-")] and len(held.calls) == 1
     assert retention.stale_temporary_dirs(model_dir) == []
     held.run_all()
-    assert sorted(os.listdir(model_dir)) == ["LATEST", "checkpoint", "ckpt-2"]
+    assert listing(model_dir) == ["LATEST", "checkpoint", "ckpt-2"]
 
 
 @pytest.mark.parametrize("keep_last, expect", [(1, [5]), (2, [4, 5]), (10, [1, 2, 3, 4, 5])])
@@ -294,7 +305,7 @@ def test_prune_never_deletes_newest_intact_even_if_newer_ones_are_broken(tmp_pat
     _damage(store, 4, "truncated data")
     _damage(store, 3, "missing manifest")
     ckpt.prune(model_dir, ckpt.CheckpointPolicy(keep_last=1))
-    assert sorted(os.listdir(model_dir)) == ["LATEST", "checkpoint", "ckpt-2", "ckpt-3", "ckpt-4"]
+    assert listing(model_dir) == ["LATEST", "checkpoint", "ckpt-2", "ckpt-3", "ckpt-4"]
     assert ckpt.latest_intact_checkpoint(model_dir).step == 2
 
 
@@ -325,7 +336,7 @@ def test_unwritable_model_dir_is_reported_before_training(tmp_path):
 def test_writable_model_dir_is_created_and_left_clean(tmp_path):
     model_dir = tmp_path / "new" / "model"
     ckpt.require_writable_model_dir(str(model_dir))
-    assert model_dir.is_dir() and os.listdir(model_dir) == []
+    assert model_dir.is_dir() and listing(model_dir) == []
 
 
 def test_unknown_protocol_is_a_clear_error():

@@ -482,6 +482,23 @@ def _verify(store, directory, step, full):
     return manifest, size, key
 
 
+def check_local_copy(store, directory, manifest, local_dir):
+    """The status of ``directory`` judged by its downloaded copy in local_dir:
+    every file's size and checksum against ``manifest`` (read once, there)."""
+    step = manifest["step"]
+    try:
+        local = storage_lib.Storage(local_dir)
+        _check_sizes(local, local.root, manifest)
+        _check_checksums(local, local.root, manifest)
+    except errors.CorruptCheckpointError as e:
+        return _broken(store, directory, step, str(e))
+    except OSError as e:
+        return _broken(store, directory, step, f"unreadable: {e}")
+    return CheckpointStatus(store.display(directory), step, True, "",
+                            sum(m["size"] for m in manifest["files"].values()),
+                            float(manifest.get("created", 0.0)))
+
+
 def check(model_dir, directory, full=True):
     """Verifies one checkpoint directory; returns its CheckpointStatus.
 

@@ -95,6 +95,7 @@ class GatheredSaver:
         self._var_list = var_list
         self._built = False
         self._last_checkpoints = []
+        self.last_restored = None  # (path, step) of the last restore
         self.saver_def = None
         # Old checkpoints are unlinked off the save's path (see retention.py).
         self._deleter = futures.ThreadPoolExecutor(1, thread_name_prefix="bwtf-ckpt-prune")
@@ -250,38 +251,74 @@ class GatheredSaver:
     # -- restoring ------------------------------------------------------------
 
     def restore(self, sess, save_path):
-        """Restores ``save_path``; a broken bwtf checkpoint falls back to the
-        newest intact one in its model_dir, with a warning naming the reason."""
+        """Restores ``save_path``; a bwtf checkpoint that is broken or vanishes
+        falls back to the newest intact one in its model_dir, with a warning
+        naming the reason. ``last_restored`` then tells which (path, step)
+        the variables hold, so callers record the step actually restored."""
         if save_path is None:
             raise ValueError("Can't load save_path when it is None.")
         self.build()
-        save_path = _usable_path(str(save_path), full=False)
-        with futures.ThreadPoolExecutor(1) as pool:
-            verified = pool.submit(_full_check_failure, save_path)
+        save_path = str(save_path)
+        if _bwtf_checkpoint(save_path) is None:  # a stock TF checkpoint: nothing to verify
+            self._restore_groups(sess, save_path, save_path)
+            self.last_restored = (save_path, None)
+            return
+        tried = []
+        while True:
             try:
-                self._restore_groups(sess, save_path)
-            except (tf.errors.OpError, errors.CheckpointError):
-                if verified.result() is None:
+                step = self._restore_verified(sess, save_path)
+                break
+            except errors.CorruptCheckpointError as e:
+                tried.append(save_path)
+                # Values from a broken file may have been assigned: replace them.
+                fallback = _fallback(save_path, str(e))
+                if fallback in tried:
                     raise
-            failure = verified.result()
-        if failure is not None:
-            # Values from a corrupt file may have been assigned: replace them.
-            log.warning("Checkpoint %s fails its full check (%s); restoring the newest "
-                        "intact one instead.", save_path, failure)
-            save_path = _fallback(save_path, failure)
-            self._restore_groups(sess, save_path)
+                log.warning("Checkpoint %s cannot be restored (%s); restoring %s instead.",
+                            save_path, e, fallback)
+                save_path = fallback
+        self.last_restored = (save_path, step)
         log.info("Restored %s (group by group on the chief).", save_path)
 
-    def _restore_groups(self, sess, save_path):
-        local_prefix, cleanup = _localize(save_path)
+    def _restore_verified(self, sess, save_path):
+        """Restores a bwtf checkpoint while its checksums are verified in a
+        thread (local) or on the downloaded copy (object stores: each file is
+        read once). Raises CorruptCheckpointError if it is not intact."""
+        store, name = _bwtf_checkpoint(save_path)
+        directory = store.path(name)
+        status = commit.check(store, directory, full=False)
+        if not status.intact:
+            raise errors.CorruptCheckpointError(status.reason)
+        local_prefix, cleanup = save_path, None
+        if store.is_local:
+            def verify():
+                return commit.check(store, directory, full=True)
+        else:
+            local_prefix, cleanup, manifest = _download(store, directory)
+
+            def verify():
+                return commit.check_local_copy(store, directory, manifest, cleanup)
         try:
-            self._check_compatible(local_prefix, save_path)
-            with futures.ThreadPoolExecutor(_IN_FLIGHT) as pool:
-                list(pool.map(lambda op: sess.run(op, {self._filename: local_prefix}),
-                              self._group_restores))
+            with futures.ThreadPoolExecutor(1) as pool:
+                verified = pool.submit(verify)
+                try:
+                    self._restore_groups(sess, local_prefix, save_path)
+                except (tf.errors.OpError, errors.CheckpointError):
+                    if verified.result().intact:
+                        raise
+                result = verified.result()
         finally:
             if cleanup:
                 shutil.rmtree(cleanup, ignore_errors=True)
+        if not result.intact:
+            raise errors.CorruptCheckpointError(result.reason)
+        return result.step
+
+    def _restore_groups(self, sess, local_prefix, save_path):
+        self._check_compatible(local_prefix, save_path)
+        with futures.ThreadPoolExecutor(_IN_FLIGHT) as pool:
+            list(pool.map(lambda op: sess.run(op, {self._filename: local_prefix}),
+                          self._group_restores))
 
     def _check_compatible(self, local_prefix, save_path):
         try:
@@ -358,30 +395,6 @@ def _bwtf_checkpoint(save_path):
     return storage_lib.Storage(parent), name
 
 
-def _usable_path(save_path, full=True):
-    """``save_path`` itself, unless it is a bwtf checkpoint that is not intact."""
-    found = _bwtf_checkpoint(save_path)
-    if found is None:
-        return save_path
-    store, name = found
-    status = commit.check(store, store.path(name), full=full)
-    if status.intact:
-        return save_path
-    log.warning("Checkpoint %s is not intact (%s); looking for the newest intact one.",
-                status.directory, status.reason)
-    return _fallback(save_path, status.reason)
-
-
-def _full_check_failure(save_path):
-    """Why the bwtf checkpoint at save_path fails a full check, or None."""
-    found = _bwtf_checkpoint(save_path)
-    if found is None:
-        return None
-    store, name = found
-    status = commit.check(store, store.path(name), full=True)
-    return None if status.intact else status.reason
-
-
 def _fallback(save_path, reason):
     parent, directory, _ = _split_dir(save_path)
     ref = commit.latest_intact_checkpoint(storage_lib.Storage(parent))
@@ -392,17 +405,17 @@ def _fallback(save_path, reason):
     return ref.path
 
 
-def _localize(save_path):
-    """A local prefix for ``save_path``: object-store checkpoints are downloaded."""
-    parent, _, name = _split_dir(save_path)
-    if "://" not in save_path or save_path.startswith("file://"):
-        return save_path, None
-    store = storage_lib.Storage(parent)
-    manifest = commit.read_manifest(store, store.path(name))
+def _download(store, directory):
+    """Downloads an object-store checkpoint once: (local prefix, local dir, manifest)."""
+    manifest = commit.read_manifest(store, directory)
     local_dir = tempfile.mkdtemp(prefix="bwtf-ckpt-restore-")
-    for file_name in manifest["files"]:
-        store.download(store.path(name, file_name), os.path.join(local_dir, file_name))
-    return os.path.join(local_dir, manifest["prefix"]), local_dir
+    try:
+        for file_name in manifest["files"]:
+            store.download(f"{directory}/{file_name}", os.path.join(local_dir, file_name))
+    except FileNotFoundError as e:
+        shutil.rmtree(local_dir, ignore_errors=True)
+        raise errors.CorruptCheckpointError(f"a file vanished while downloading ({e})") from e
+    return os.path.join(local_dir, manifest["prefix"]), local_dir, manifest
 
 
 def gathered_scaffold(model_dir, policy, device=None, **scaffold_kwargs):

@@ -170,12 +170,16 @@ def test_step_zero_save_without_global_step(tmp_path):
 
 
 @pytest.mark.parametrize("pointer", [b"{garbage", b'{"step": 1}', b"[]"])
-def test_chief_hooks_repair_a_stale_or_garbage_pointer(tmp_path, pointer):
+def test_take_ownership_repairs_a_stale_or_garbage_pointer_and_hooks_write_nothing(
+        tmp_path, pointer):
     saved = _train_and_save(str(tmp_path), 2, ckpt.CheckpointPolicy())
     (tmp_path / commit.POINTER).write_bytes(pointer)
-    (tmp_path / commit.STATE_FILE).write_text('model_checkpoint_path: "ckpt-1/model.ckpt-1"\n')
-    with tf.Graph().as_default():
+    stale = 'model_checkpoint_path: "ckpt-1/model.ckpt-1"\n'
+    (tmp_path / commit.STATE_FILE).write_text(stale)
+    with tf.Graph().as_default():  # what model_fn does on every task
         ckpt.chief_hooks(str(tmp_path), None, ckpt.CheckpointPolicy())
+    assert (tmp_path / commit.STATE_FILE).read_text() == stale
+    assert ckpt.take_ownership(str(tmp_path)).step == 2
     assert tf.train.latest_checkpoint(str(tmp_path)) == saved[2][0]
 
 

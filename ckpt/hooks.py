@@ -1,12 +1,16 @@
 """SessionRunHooks for the chief: periodic gathered saves and walltime-safe stops.
 
 ``chief_hooks`` returns one hook that
-  * saves every ``policy.save_steps`` steps / ``policy.save_secs`` seconds;
+  * saves every ``policy.save_steps`` steps / ``policy.save_secs`` seconds:
+    training waits for the one-step snapshot, the commit runs in the
+    background (GatheredSaver.save_async), and a background failure
+    (FencedError included) is raised at the next step;
   * on any of ``policy.stop_signals``, or once the remaining walltime drops
     below ``policy.walltime_margin_secs``, saves at the current step and asks
     the session to stop; ``stop_requested()`` then tells the program why, and
     it exits with EXIT_REQUEUE;
-  * saves once more in ``end()`` unless that step is already saved.
+  * saves once more in ``end()`` unless that step is already saved; the stop
+    and end saves are synchronous and durable before the hook returns.
 The signal handler only records the signal: saving from inside a handler
 could interrupt a session.run, so the save happens after the current step.
 
@@ -70,6 +74,7 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         return tf.compat.v1.train.SessionRunArgs(self._global_step)
 
     def after_run(self, run_context, run_values):
+        self._scaffold.saver.poll()  # a background save that failed (or was fenced) stops here
         reason = self._stop.reason()
         if reason is not None:
             step = self._save(run_context.session)
@@ -82,7 +87,7 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         step = int(run_context.session.run(self._global_step))
         if self._timer.should_trigger_for_step(step):
             self._timer.update_last_triggered_step(step)
-            self._save(run_context.session)
+            self._save(run_context.session, in_background=True)
 
     def end(self, session):
         try:
@@ -90,11 +95,21 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         finally:
             self._stop.uninstall()
 
-    def _save(self, session):
+    def _save(self, session, in_background=False):
+        """Saves unless this step is saved; periodic saves commit in the
+        background, the final one (stop, end) synchronously and durably.
+        Returns the step saved (the snapshot's global step)."""
         step = int(session.run(self._global_step))
-        if step != self._last_saved_step:
-            self._scaffold.saver.save(session, None, global_step=step)
-            self._last_saved_step = step
+        if step == self._last_saved_step:
+            self._scaffold.saver.wait()
+            return step
+        saver = self._scaffold.saver
+        if in_background and hasattr(saver, "save_async"):
+            step = saver.save_async(session)
+        else:
+            path = saver.save(session, None)
+            step = commit.step_of(str(path).rsplit("/", 2)[-2]) or step
+        self._last_saved_step = step
         return step
 
 

@@ -33,9 +33,11 @@ Left out: TF2 object-based checkpoints and meta-graph files next to each
 checkpoint (the graph is rebuilt from code; export writes its own).
 """
 from concurrent import futures
+import hashlib
 import logging
 import numbers
 import os
+import threading
 import shutil
 import tempfile
 import time
@@ -99,6 +101,11 @@ class GatheredSaver:
         self.saver_def = None
         # Old checkpoints are unlinked off the save's path (see retention.py).
         self._deleter = futures.ThreadPoolExecutor(1, thread_name_prefix="bwtf-ckpt-prune")
+        # save_async commits here, one save at a time.
+        self._writer = futures.ThreadPoolExecutor(1, thread_name_prefix="bwtf-ckpt-write")
+        self._inflight = None
+        self._inflight_lock = threading.Lock()
+        self.last_stall_secs = self.last_commit_secs = None
 
     # -- graph construction -------------------------------------------------
 
@@ -124,10 +131,11 @@ class GatheredSaver:
         for saveable, tensors in pairs:
             for spec, tensor in zip(saveable.specs, tensors):
                 self._expected[spec.name] = _full_shape(spec, tensor)
-        self._group_saves, self._group_restores = [], []
-        for group in _group(pairs, max(1, self._policy.max_group_bytes // _IN_FLIGHT)):
-            self._group_saves.append(self._save_op(self._shard_prefix, group))
-            self._group_restores.append(self._restore_op(group))
+        snapshot_pairs = self._build_snapshot(pairs)
+        group_bytes = max(1, self._policy.max_group_bytes // _IN_FLIGHT)
+        self._group_saves = [self._save_op(self._shard_prefix, group)
+                             for group in _group(snapshot_pairs, group_bytes)]
+        self._group_restores = [self._restore_op(group) for group in _group(pairs, group_bytes)]
         self._merge = tf.raw_ops.MergeV2Checkpoints(
             checkpoint_prefixes=self._shard_list, destination_prefix=self._filename,
             delete_old_dirs=True)
@@ -141,6 +149,51 @@ class GatheredSaver:
             restore_op_name=restore_all.name, max_to_keep=self._policy.keep_last,
             sharded=False, version=tf.compat.v1.train.SaverDef.V2,
             keep_checkpoint_every_n_hours=self._policy.keep_every_hours or 10000.0)
+
+    def _build_snapshot(self, pairs):
+        """Snapshot buffers: one per saved tensor, on that tensor's own device.
+
+        ``self._snapshot`` copies every variable into its buffer in one
+        session.run (a local copy on each ps); the group saves then read the
+        buffers, so a checkpoint holds the values of one moment however long
+        the gather takes, and training only waits for the copy. The buffers
+        are resources outside every collection: no initializer (a worker's
+        local init) ever touches them, and only the chief's session runs them.
+        Returns ``pairs`` with each tensor replaced by a read of its buffer.
+        """
+        assigns, snapshot_pairs, self._snapshot_step = [], [], None
+        global_step = tf.compat.v1.train.get_global_step()
+        step_name = global_step.op.name if global_step is not None else None
+        for saveable, tensors in pairs:
+            device = getattr(saveable.op, "device", None) or tensors[0].device
+            reads = []
+            for spec, tensor in zip(saveable.specs, tensors):
+                key = f"{spec.name}|{spec.slice_spec}|{tensor.dtype.name}|{tensor.shape}"
+                with tf.compat.v1.device(device):
+                    handle = tf.raw_ops.VarHandleOp(
+                        dtype=tensor.dtype, shape=tensor.shape, container="",
+                        shared_name="bwtf_snapshot_" + hashlib.sha1(key.encode()).hexdigest()[:16])
+                    assign = tf.raw_ops.AssignVariableOp(resource=handle, value=tensor)
+                    with tf.control_dependencies([assign]):
+                        copied = tf.raw_ops.ReadVariableOp(resource=handle, dtype=tensor.dtype)
+                    read = tf.raw_ops.ReadVariableOp(resource=handle, dtype=tensor.dtype)
+                read.set_shape(tensor.shape)
+                assigns.append(assign)
+                reads.append(read)
+                if spec.name == step_name:
+                    self._snapshot_step = copied
+            snapshot_pairs.append((saveable, reads))
+        self._snapshot = tf.group(*assigns, name="snapshot")
+        return snapshot_pairs
+
+    def snapshot(self, sess):
+        """Copies every variable into its buffer (one session.run); returns
+        the global step the copy holds (None without a global step)."""
+        self.build()
+        fetches = [self._snapshot] + ([self._snapshot_step] if self._snapshot_step is not None else [])
+        values = sess.run(fetches)
+        _failpoints.reach("snapshot_taken")
+        return int(values[1]) if len(values) > 1 else None
 
     @staticmethod
     def _save_op(prefix, group):
@@ -195,18 +248,65 @@ class GatheredSaver:
     def save(self, sess, save_path=None, global_step=None, latest_filename=None,
              meta_graph_suffix="meta", write_meta_graph=True, write_state=True,
              strip_default_attrs=False, save_debug_info=False):
-        """Saves; into model_dir through the commit protocol, elsewhere in place.
+        """Saves synchronously: returns once the checkpoint is committed and durable.
 
-        Returns the checkpoint prefix, as tf.compat.v1.train.Saver.save does.
+        Into model_dir through the commit protocol, elsewhere in place. A
+        save still in flight (save_async) is finished first. The checkpoint
+        is named after the global step its snapshot holds, unless
+        ``global_step`` is an integer, which names it. Returns the checkpoint
+        prefix, as tf.compat.v1.train.Saver.save does.
         """
         del latest_filename, meta_graph_suffix, write_meta_graph
         del strip_default_attrs, save_debug_info
+        self.wait()
         started = time.monotonic()
-        step = self._step(sess, global_step)
+        step = self._step_for(sess, global_step, self.snapshot(sess))
+        self.last_stall_secs = time.monotonic() - started
         if save_path is not None and not (write_state and self._inside_model_dir(save_path)):
             path = f"{save_path}-{step}" if global_step is not None else save_path
             self.write_groups(sess, path)
             return path
+        return self._commit(sess, step, started)
+
+    def save_async(self, sess):
+        """Takes the snapshot now and commits it in a background thread.
+
+        Training is blocked only for the snapshot (and for a previous save
+        still in flight). Returns the step of the snapshot. A failure of the
+        background commit (FencedError included) is raised by the next
+        ``poll``, ``wait``, ``save`` or ``save_async``.
+        """
+        self.wait()
+        started = time.monotonic()
+        step = self._step_for(sess, None, self.snapshot(sess))
+        self.last_stall_secs = time.monotonic() - started
+        with self._inflight_lock:
+            self._inflight = self._writer.submit(self._commit, sess, step, started)
+        return step
+
+    def wait(self):
+        """Blocks until the save in flight (if any) is committed; raises its failure."""
+        with self._inflight_lock:
+            inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
+
+    def poll(self):
+        """Raises the failure of a finished background save; never blocks."""
+        with self._inflight_lock:
+            done = self._inflight is not None and self._inflight.done()
+        if done:
+            self.wait()
+
+    def _step_for(self, sess, global_step, snapshot_step):
+        if isinstance(global_step, numbers.Integral):
+            return int(global_step)
+        if snapshot_step is not None and (
+                global_step is None or global_step is tf.compat.v1.train.get_global_step()):
+            return snapshot_step
+        return self._step(sess, global_step)
+
+    def _commit(self, sess, step, started):
         pending = commit.PendingCheckpoint(self._store, step)
         try:
             self.write_groups(sess, pending.prefix, pending.seal)
@@ -217,8 +317,10 @@ class GatheredSaver:
         self._prune(pending.ownership)
         self._last_checkpoints = [p for p in self._last_checkpoints if p != ref.path] + [ref.path]
         size = commit.check(self._store, self._store.path(f"ckpt-{ref.step}"), full=False).size_bytes
-        log.info("Saved checkpoint %s (gathered on the chief): step %d, %.1f MiB in %.2f s.",
-                 ref.path, step, size / 2**20, time.monotonic() - started)
+        self.last_commit_secs = time.monotonic() - started
+        log.info("Saved checkpoint %s (gathered on the chief): step %d, %.1f MiB in %.2f s, "
+                 "training blocked %.3f s.", ref.path, step, size / 2**20,
+                 self.last_commit_secs, self.last_stall_secs)
         return ref.path
 
     def _prune(self, ownership):

@@ -48,6 +48,7 @@ from tensorflow.python.training.saving import saveable_object_util
 from bwtf.ckpt import _failpoints
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
+from bwtf.ckpt import fence
 from bwtf.ckpt import retention
 from bwtf.ckpt import storage as storage_lib
 
@@ -105,6 +106,7 @@ class GatheredSaver:
         self._writer = futures.ThreadPoolExecutor(1, thread_name_prefix="bwtf-ckpt-write")
         self._inflight = None
         self._inflight_lock = threading.Lock()
+        self._ownership = None
         self.last_stall_secs = self.last_commit_secs = None
 
     # -- graph construction -------------------------------------------------
@@ -307,7 +309,9 @@ class GatheredSaver:
         return self._step(sess, global_step)
 
     def _commit(self, sess, step, started):
-        pending = commit.PendingCheckpoint(self._store, step)
+        if self._ownership is None:  # the chief took it before training; else now
+            self._ownership = fence.acquire(self._store)
+        pending = commit.PendingCheckpoint(self._store, step, ownership=self._ownership)
         try:
             self.write_groups(sess, pending.prefix, pending.seal)
             ref = pending.finalize(_describe_variables(pending.prefix))

@@ -410,8 +410,13 @@ class GatheredSaver:
                 try:
                     self._restore_groups(sess, local_prefix, save_path)
                 except (tf.errors.OpError, errors.CheckpointError):
-                    if verified.result().intact:
+                    # Broken, or deleted under us (retention, another pruner)?
+                    # A fresh look decides, not a verification from before.
+                    after = commit.check(store, directory, full=False)
+                    if verified.result().intact and after.intact:
                         raise
+                    raise errors.CorruptCheckpointError(
+                        after.reason or verified.result().reason or "vanished") from None
                 result = verified.result()
         finally:
             if cleanup:

@@ -1,7 +1,25 @@
-"""Crash consistency of bwtf.ckpt: SIGKILL the writer mid-save, then check.
+"""Fault harness of bwtf.ckpt: kill, race and corrupt real writers, then check.
 
-  python scripts/crash_consistency.py --trials=200          # the long run
+  python scripts/crash_consistency.py --trials=200          # kills: the long run
   python scripts/crash_consistency.py --trials=22 --json    # what CI runs
+  python scripts/crash_consistency.py --scenario=two_writers --trials=20
+  python scripts/crash_consistency.py --scenario=all --json # each scenario once
+
+Scenarios (``--scenario``; ``--trials`` repeats each):
+  kills            SIGKILL the writer at every failpoint of a save (the snapshot,
+                   each group, the merge, fsync, manifest, rename, between the two
+                   pointer writes) or at a random time; then a new owner's start-up
+                   (take_ownership) must leave LATEST and TF's checkpoint file
+                   naming the newest intact checkpoint, which restores exactly.
+  two_writers      a second writer starts on the same model_dir while the first
+                   saves: the first is fenced (exits 73) and deleted nothing of
+                   the second's; the second finishes (0).
+  prune_loop       ``bwtf-ckpt prune`` in a loop and a rogue process deleting old
+                   checkpoints while the writer saves: the writer finishes (0),
+                   the CLI refuses (2, one line) while the writer owns model_dir.
+  reader_deletes   a reader restores the newest checkpoint in a loop while the
+                   writer's retention (keep 1) deletes under it: the reader never
+                   fails, and every restore holds the values of the step it names.
 
 Each trial starts a writer process that saves steps 1, 2, 3, ... with a
 GatheredSaver (several groups per save, partitioned and plain variables, a
@@ -20,6 +38,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +47,8 @@ import time
 
 import numpy as np
 
-STAGES_BEFORE_COMMIT = ("group_written", "merged", "synced", "manifest_partial",
-                        "manifest_written")
+STAGES_BEFORE_COMMIT = ("group_written", "snapshot_taken", "merged", "synced",
+                        "manifest_partial", "manifest_written")
 STAGES_AFTER_COMMIT = ("committed", "pointer_partial", "pointer_written", "state_written")
 _GROUP_BYTES = 64 * 1024
 
@@ -44,20 +63,31 @@ def _build_graph(tf):
 
 
 def expected_values(step):
-    return {"big": step + np.arange(256 * 256, dtype=np.float32).reshape(256, 256) * 1e-3,
-            "parts": step * 2 + np.arange(960, dtype=np.float32).reshape(96, 10),
-            "small": np.full([10], -float(step), np.float32)}
+    values = {"big": step + np.arange(256 * 256, dtype=np.float32).reshape(256, 256) * 1e-3,
+              "parts": step * 2 + np.arange(960, dtype=np.float32).reshape(96, 10),
+              "small": np.full([10], -float(step), np.float32)}
+    return {k: v.astype(np.float32) for k, v in values.items()}
 
 
-def _policy():
+def _policy(keep_last=2):
     from bwtf import ckpt  # pylint: disable=import-outside-toplevel
-    return ckpt.CheckpointPolicy(keep_last=2, max_group_bytes=_GROUP_BYTES)
+    return ckpt.CheckpointPolicy(keep_last=keep_last, max_group_bytes=_GROUP_BYTES)
 
 
-def run_writer(model_dir, saves):
-    """The process under test: saves steps 1..saves, printing each after it returns."""
+def run_writer(model_dir, saves, first=1, keep_last=2, pause=0.0):
+    """The process under test: saves steps first..first+saves-1, printing each
+    after it returns; a fenced writer exits with FencedError.exit_code."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from bwtf import ckpt  # pylint: disable=import-outside-toplevel
+    try:
+        _write_steps(tf, ckpt, model_dir, range(first, first + saves), keep_last, pause)
+    except ckpt.FencedError as e:
+        print(f"fenced: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    return 0
+
+
+def _write_steps(tf, ckpt, model_dir, steps, keep_last, pause):
     with tf.Graph().as_default():
         variables = _build_graph(tf)
         step_var = tf.compat.v1.train.get_global_step()
@@ -65,16 +95,50 @@ def run_writer(model_dir, saves):
         step_ph = tf.compat.v1.placeholder(tf.int64, [])
         assign = tf.group([tf.compat.v1.assign(variables[k], value_ph[k]) for k in variables]
                           + [tf.compat.v1.assign(step_var, step_ph)])
-        scaffold = ckpt.gathered_scaffold(model_dir, _policy())
+        scaffold = ckpt.gathered_scaffold(model_dir, _policy(keep_last))
         scaffold.finalize()
         with tf.compat.v1.Session() as sess:
             sess.run(scaffold.init_op)
             print("ready", flush=True)
-            for step in range(1, saves + 1):
+            for step in steps:
                 feed = {value_ph[k]: v for k, v in expected_values(step).items()}
                 sess.run(assign, {**feed, step_ph: step})
                 scaffold.saver.save(sess, None, global_step=step)
                 print(f"saved {step}", flush=True)
+                time.sleep(pause)
+
+
+def check_pointers_after_restart(model_dir, tf, ckpt):
+    """A new owner's start-up repairs the pointers: None, or why not."""
+    from bwtf.ckpt import fence  # pylint: disable=import-outside-toplevel
+    fence.release_all()
+    ref = ckpt.take_ownership(model_dir)
+    fence.release_all()
+    pointed = tf.train.latest_checkpoint(model_dir)
+    if (ref is None) != (pointed is None) or (ref is not None and pointed != ref.path):
+        return f"after start-up TF's checkpoint file names {pointed}, the newest intact is {ref}"
+    return None
+
+
+def restore_and_compare(model_dir, path, tf, ckpt):
+    """Restores ``path`` (a checkpoint prefix) into a fresh graph: (step, problem or None)."""
+    with tf.Graph().as_default():
+        variables = _build_graph(tf)
+        reads = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v.read_value())
+                 for k, v in variables.items()}
+        saver = ckpt.GatheredSaver(model_dir, _policy())
+        saver.build()
+        with tf.compat.v1.Session() as sess:
+            saver.restore(sess, path)
+            values = sess.run(reads)
+            step = int(sess.run(tf.compat.v1.train.get_global_step()))
+    restored_path, named = saver.last_restored
+    if named is not None and named != step:
+        return step, f"restored global_step {step} from {restored_path}, which names {named}"
+    for name, want in expected_values(step).items():
+        if not np.array_equal(values[name], want):
+            return step, f"{name} restored from {restored_path} differs from what step {step} saved"
+    return step, None
 
 
 def check_restores(model_dir, want_step, tf, ckpt):
@@ -85,22 +149,10 @@ def check_restores(model_dir, want_step, tf, ckpt):
         return f"newest intact step is {got}, expected {want_step or None}"
     if ref is None:
         return None
-    with tf.Graph().as_default():
-        variables = _build_graph(tf)
-        reads = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v.read_value())
-                 for k, v in variables.items()}
-        saver = ckpt.GatheredSaver(model_dir, _policy())
-        saver.build()
-        with tf.compat.v1.Session() as sess:
-            saver.restore(sess, ref.path)
-            values = sess.run(reads)
-            step = sess.run(tf.compat.v1.train.get_global_step())
-    if step != ref.step:
-        return f"restored global_step {step} from {ref.path}"
-    for name, want in expected_values(ref.step).items():
-        if not np.array_equal(values[name], want):
-            return f"{name} restored from {ref.path} differs from what step {ref.step} saved"
-    return None
+    step, problem = restore_and_compare(model_dir, ref.path, tf, ckpt)
+    if problem is None and step != ref.step:
+        problem = f"restored global_step {step} from {ref.path}"
+    return problem
 
 
 def failpoint_trials(groups_per_save):
@@ -113,15 +165,20 @@ def failpoint_trials(groups_per_save):
     return trials
 
 
-def _writer_cmd(model_dir, saves):
-    return [sys.executable, os.path.abspath(__file__), "--writer", model_dir, f"--saves={saves}"]
+def _writer_cmd(model_dir, saves, *extra):
+    return [sys.executable, os.path.abspath(__file__), "--writer", model_dir,
+            f"--saves={saves}", *extra]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def run_trial(trial, workdir):
     """Runs one trial; returns (model_dir, description, expected step or None,
     steps the writer reported saved, the writer's exit status)."""
     model_dir = tempfile.mkdtemp(dir=workdir)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = _env()
     if trial[0] == "timed":
         # The delay counts from "ready" (TensorFlow imported, graph built), so
         # every timed kill lands among the saves, not in the start-up.
@@ -142,51 +199,205 @@ def run_trial(trial, workdir):
     return model_dir, f"failpoint {stage}:{nth}", want, [], proc.returncode
 
 
+def scenario_kills(args, workdir, tf, ckpt, summary):
+    rng = random.Random(args.seed)
+    fixed = failpoint_trials(groups_per_save=2)
+    trials = [fixed[i % len(fixed)] for i in range(min(args.trials, len(fixed)))]
+    trials += [("timed", rng.uniform(0.0, 2.0)) for _ in range(args.trials - len(trials))]
+    for trial in trials:
+        model_dir, what, want, saved, rc = run_trial(trial, workdir)
+        problem = None
+        if trial[0] != "timed" and rc != -signal.SIGKILL:
+            problem = f"the writer was not killed (exit status {rc})"
+        problem = problem or check_restores(model_dir, want, tf, ckpt)
+        ref = ckpt.latest_intact_checkpoint(model_dir)
+        if problem is None and saved and (ref is None or ref.step < max(saved)):
+            problem = f"step {max(saved)} was reported saved but the newest intact is {ref}"
+        problem = problem or check_pointers_after_restart(model_dir, tf, ckpt)
+        if problem:
+            return f"{what}: {problem} (model_dir {model_dir})"
+        summary["trials"] += 1
+        summary["timed" if trial[0] == "timed" else "failpoint"] += 1
+        summary["restored_steps"].append(None if ref is None else ref.step)
+        if not args.json:
+            print(f"ok  {what}: newest intact step {None if ref is None else ref.step}")
+    return None
+
+
+def _start_writer(model_dir, saves, *extra):
+    return subprocess.Popen(_writer_cmd(model_dir, saves, *extra), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_saved(proc, count):
+    """Reads the writer's output until it reported ``count`` saves; returns them."""
+    saved = []
+    while len(saved) < count:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("saved"):
+            saved.append(int(line.split()[1]))
+    return saved
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    saved = [int(line.split()[1]) for line in out.splitlines() if line.startswith("saved")]
+    return proc.returncode, saved, err
+
+
+def _check_newest(model_dir, tf, ckpt):
+    ref = ckpt.latest_intact_checkpoint(model_dir)
+    if ref is None:
+        return "no intact checkpoint is left"
+    step, problem = restore_and_compare(model_dir, ref.path, tf, ckpt)
+    return problem or (None if step == ref.step else f"restored step {step} from {ref.path}")
+
+
+def scenario_two_writers(args, workdir, tf, ckpt, summary):
+    del args
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    first = _start_writer(model_dir, 1000, "--pause=0.05")
+    early = _wait_saved(first, 3)
+    second = subprocess.run(_writer_cmd(model_dir, 4, "--first=100000"), env=_env(),
+                            capture_output=True, text=True, check=False, timeout=300)
+    first_rc, first_saved, first_err = _finish(first)
+    if second.returncode != 0:
+        return f"the second writer exited {second.returncode}: {second.stderr[-2000:]}"
+    if first_rc != ckpt.EXIT_FENCED:
+        return f"the first writer exited {first_rc}, expected {ckpt.EXIT_FENCED} (fenced): {first_err[-2000:]}"
+    fenced_lines = [l for l in first_err.splitlines() if l.startswith("fenced:")]
+    if len(fenced_lines) != 1 or "taken over" not in fenced_lines[0]:
+        return f"the fenced writer did not say why in one line: {first_err[-2000:]}"
+    second_steps = [s.step for s in ckpt.list_checkpoints(model_dir) if s.step >= 100000]
+    if second_steps[-2:] != [100002, 100003] or not all(
+            s.intact for s in ckpt.list_checkpoints(model_dir) if s.step >= 100000):
+        return f"the second writer's checkpoints were harmed: {ckpt.list_checkpoints(model_dir)}"
+    summary["trials"] += 1
+    summary.setdefault("fenced_after_saves", []).append(len(early + first_saved))
+    return _check_newest(model_dir, tf, ckpt)
+
+
+def scenario_prune_loop(args, workdir, tf, ckpt, summary):
+    del args
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    writer = _start_writer(model_dir, 60, "--keep_last=2")
+    _wait_saved(writer, 1)
+    refused = 0
+    while writer.poll() is None:
+        run = subprocess.run([sys.executable, "-m", "bwtf.ckpt", "prune", model_dir,
+                              "--keep_last=1"], env=_env(), capture_output=True, text=True,
+                             check=False, timeout=120)
+        if run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 \
+                and "owned by a running writer" in run.stderr:
+            refused += 1
+        elif run.returncode != 0 and writer.poll() is None:
+            return f"bwtf-ckpt prune exited {run.returncode}: {run.stderr[-2000:]}"
+        # A rogue deleter (another user's script) races the writer's retention.
+        statuses = ckpt.list_checkpoints(model_dir)
+        for status in statuses[:-1]:
+            shutil.rmtree(status.directory, ignore_errors=True)
+    rc, _, err = _finish(writer)
+    if rc != 0:
+        return f"the writer exited {rc} while pruned under: {err[-2000:]}"
+    summary["trials"] += 1
+    summary.setdefault("prunes_refused", []).append(refused)
+    return _check_newest(model_dir, tf, ckpt)
+
+
+def run_reader(model_dir, until_step):
+    """Restores the newest checkpoint in a loop until it reaches ``until_step``;
+    prints "restored <step>" per restore; exits 1 on a wrong value."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from bwtf import ckpt  # pylint: disable=import-outside-toplevel
+    tf.compat.v1.disable_eager_execution()
+    step = -1
+    while step < until_step:
+        ref = ckpt.latest_intact_checkpoint(model_dir)
+        if ref is None:
+            time.sleep(0.05)
+            continue
+        step, problem = restore_and_compare(model_dir, ref.path, tf, ckpt)
+        if problem:
+            print(f"reader: {problem}", file=sys.stderr, flush=True)
+            return 1
+        print(f"restored {step}", flush=True)
+    return 0
+
+
+def scenario_reader_deletes(args, workdir, tf, ckpt, summary):
+    del args, tf
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    saves = 40
+    writer = _start_writer(model_dir, saves, "--keep_last=1")
+    reader = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--reader", model_dir,
+                               f"--saves={saves}"], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    writer_rc, _, writer_err = _finish(writer)
+    try:
+        reader_out, reader_err = reader.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        reader.kill()
+        return "the reader did not reach the last checkpoint within 300 s"
+    if writer_rc != 0:
+        return f"the writer exited {writer_rc}: {writer_err[-2000:]}"
+    if reader.returncode != 0:
+        return f"the reader failed ({reader.returncode}): {reader_err[-3000:]}"
+    restores = [l for l in reader_out.splitlines() if l.startswith("restored")]
+    summary["trials"] += 1
+    summary.setdefault("reader_restores", []).append(len(restores))
+    summary.setdefault("reader_fallbacks", []).append(reader_err.count("cannot be restored"))
+    return None
+
+
+SCENARIOS = {
+    "kills": scenario_kills,
+    "two_writers": scenario_two_writers,
+    "prune_loop": scenario_prune_loop,
+    "reader_deletes": scenario_reader_deletes,
+}
+
+
 def _parse():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", default="kills", choices=sorted(SCENARIOS) + ["all"])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--writer", metavar="MODEL_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--reader", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--saves", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--keep_last", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--pause", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 def main():
     args = _parse()
     if args.writer:
-        run_writer(args.writer, args.saves)
-        return 0
+        return run_writer(args.writer, args.saves, args.first, args.keep_last, args.pause)
+    if args.reader:
+        return run_reader(args.reader, args.saves)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from bwtf import ckpt  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_eager_execution()
-    rng = random.Random(args.seed)
-    # big (256 KiB) and each group of the small ones: 5 groups per save.
-    fixed = failpoint_trials(groups_per_save=2)
-    trials = [fixed[i % len(fixed)] for i in range(min(args.trials, len(fixed)))]
-    trials += [("timed", rng.uniform(0.0, 2.0)) for _ in range(args.trials - len(trials))]
-    summary = {"trials": 0, "failpoint": 0, "timed": 0, "restored_steps": []}
+    names = sorted(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    summary = {"trials": 0, "failpoint": 0, "timed": 0, "restored_steps": [], "scenarios": names}
     with tempfile.TemporaryDirectory(prefix="bwtf-crash-") as workdir:
-        for trial in trials:
-            model_dir, what, want, saved, rc = run_trial(trial, workdir)
-            problem = None
-            if trial[0] != "timed" and rc != -signal.SIGKILL:
-                problem = f"the writer was not killed (exit status {rc})"
-            problem = problem or check_restores(model_dir, want, tf, ckpt)
-            ref = ckpt.latest_intact_checkpoint(model_dir)
-            if problem is None and saved and (ref is None or ref.step < max(saved)):
-                problem = f"step {max(saved)} was reported saved but the newest intact is {ref}"
-            if problem:
-                print(f"FAIL {what}: {problem} (model_dir {model_dir})", file=sys.stderr)
-                return 1
-            summary["trials"] += 1
-            summary["timed" if trial[0] == "timed" else "failpoint"] += 1
-            summary["restored_steps"].append(None if ref is None else ref.step)
-            if not args.json:
-                print(f"ok  {what}: newest intact step {None if ref is None else ref.step}")
+        for name in names:
+            repeats = 1 if name == "kills" else args.trials
+            for _ in range(repeats):
+                problem = SCENARIOS[name](args, workdir, tf, ckpt, summary)
+                if problem:
+                    print(f"FAIL {name}: {problem}", file=sys.stderr)
+                    return 1
+                if not args.json and name != "kills":
+                    print(f"ok  {name}")
     print(json.dumps(summary) if args.json else
-          f"{summary['trials']} trials passed ({summary['failpoint']} failpoint, "
-          f"{summary['timed']} timed kills)")
+          f"{summary['trials']} trials passed ({', '.join(names)}; {summary['failpoint']} "
+          f"failpoint, {summary['timed']} timed kills)")
     return 0
 
 

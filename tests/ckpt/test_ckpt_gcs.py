@@ -100,3 +100,79 @@ def test_gcs_commit_marker_save_restore_and_prune(gcs_emulator, tmp_path):
     statuses = ckpt.list_checkpoints(model_dir)
     assert [(s.step, s.intact) for s in statuses] == [(2, True), (3, False)]
     assert "COMMITTED" in statuses[-1].reason
+
+
+_READER = """
+import sys, time
+from bwtf import ckpt
+deadline = time.time() + 120
+seen = []
+while time.time() < deadline:
+    ref = ckpt.latest_intact_checkpoint(sys.argv[1])
+    step = ref.step if ref else None
+    if not seen or seen[-1] != step:
+        seen.append(step)
+        print(step, flush=True)
+    if step == 3:
+        sys.exit(0)
+    time.sleep(0.2)
+sys.exit(1)
+"""
+
+
+def _fake(model_dir, step, ownership=None):
+    pending = commit.PendingCheckpoint(model_dir, step, ownership=ownership)
+    for suffix in (".index", ".data-00000-of-00001"):
+        with open(pending.prefix + suffix, "wb") as f:
+            f.write(b"%d" % step * 50)
+    try:
+        return pending.finalize({"w": {"shape": [1], "dtype": "float32"}})
+    except BaseException:
+        pending.abort()
+        raise
+
+
+@pytest.mark.timeout(180)
+def test_long_lived_reader_sees_each_new_gcs_checkpoint(gcs_emulator):
+    """gcsfs caches listings: a reader that never refreshed them would never
+    see a checkpoint committed after its first look."""
+    model_dir = f"{gcs_emulator}/reader-{os.getpid()}-{time.time_ns()}"
+    _fake(model_dir, 1)
+    reader = subprocess.Popen([sys.executable, "-c", _READER, model_dir],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "1"
+        _fake(model_dir, 2)
+        assert reader.stdout.readline().strip() == "2"
+        _fake(model_dir, 3)
+        out, err = reader.communicate(timeout=150)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    assert reader.returncode == 0 and out.split() == ["3"], err[-2000:]
+
+
+@pytest.mark.timeout(180)
+def test_two_gcs_writers_the_older_is_fenced_and_the_marker_names_the_manifest(gcs_emulator):
+    from bwtf.ckpt import fence  # pylint: disable=import-outside-toplevel
+    model_dir = f"{gcs_emulator}/fence-{os.getpid()}-{time.time_ns()}"
+    fence.release_all()
+    old = fence.acquire(model_dir)
+    _fake(model_dir, 1, old)
+    fence.release_all()
+    new = fence.acquire(model_dir)
+    with pytest.raises(ckpt.FencedError):
+        _fake(model_dir, 2, old)
+    _fake(model_dir, 3, new)
+    fence.release_all()
+    store = commit.as_storage(model_dir)
+    assert [s.step for s in ckpt.list_checkpoints(model_dir)] == [1, 3]
+    import hashlib, json  # pylint: disable=import-outside-toplevel,multiple-imports
+    marker = json.loads(store.read_bytes(store.path("ckpt-3", commit.MARKER)))
+    manifest = store.read_bytes(store.path("ckpt-3", commit.MANIFEST))
+    assert marker["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    assert marker["writer"]["pid"] == os.getpid() and marker["generation"] == new.generation
+    # A manifest rewritten after the commit no longer matches its marker.
+    store.fs.pipe_file(store.path("ckpt-3", commit.MANIFEST), manifest.replace(b'"step"', b'"step" '))
+    status = ckpt.list_checkpoints(model_dir)[-1]
+    assert not status.intact and "marker" in status.reason

@@ -91,11 +91,12 @@ class GatheredSaver:
     last_checkpoints, recover_last_checkpoints(), export_meta_graph().
     """
 
-    def __init__(self, model_dir, policy, device=None, var_list=None):
+    def __init__(self, model_dir, policy, device=None, var_list=None, snapshots=True):
         self._store = commit.as_storage(model_dir)
         self._policy = policy
         self._device = device
         self._var_list = var_list
+        self._snapshots = snapshots  # False: a restore-only saver adds no buffers to the graph
         self._built = False
         self._last_checkpoints = []
         self.last_restored = None  # (path, step) of the last restore
@@ -133,7 +134,7 @@ class GatheredSaver:
         for saveable, tensors in pairs:
             for spec, tensor in zip(saveable.specs, tensors):
                 self._expected[spec.name] = _full_shape(spec, tensor)
-        snapshot_pairs = self._build_snapshot(pairs)
+        snapshot_pairs = self._build_snapshot(pairs) if self._snapshots else pairs
         group_bytes = max(1, self._policy.max_group_bytes // _IN_FLIGHT)
         self._group_saves = [self._save_op(self._shard_prefix, group)
                              for group in _group(snapshot_pairs, group_bytes)]
@@ -192,6 +193,8 @@ class GatheredSaver:
         """Copies every variable into its buffer (one session.run); returns
         the global step the copy holds (None without a global step)."""
         self.build()
+        if not self._snapshots:
+            return None
         fetches = [self._snapshot] + ([self._snapshot_step] if self._snapshot_step is not None else [])
         values = sess.run(fetches)
         _failpoints.reach("snapshot_taken")

@@ -33,7 +33,9 @@ suits A100/H100; ``fp16`` (with dynamic loss scaling) suits V100; ``--xla``
 compiles the model on either. ps tasks need no GPU (``CUDA_VISIBLE_DEVICES=``).
 
 Exit codes: 0 done; 2 bad flags, data, cluster or checkpoint (one-line message,
-nothing started); ``bwtf.ckpt.EXIT_REQUEUE`` (75) when stopped by a signal or
+nothing started); ``bwtf.ckpt.EXIT_FENCED`` (73) for a chief whose model_dir a
+newer chief took over (it wrote nothing more; not requeued);
+``bwtf.ckpt.EXIT_REQUEUE`` (75) when stopped by a signal or
 the walltime after a final checkpoint (ps-cluster workers too, after their
 current step, and the evaluator on a signal, after its current evaluation); an evaluator exits 1 when
 ``--eval_timeout_secs`` passed without the final checkpoint; a ps returns its
@@ -95,6 +97,9 @@ def main(argv):
     except _USER_ERRORS as error:
         print(f"bwtf-train: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except ckpt.FencedError as error:  # a newer chief owns model_dir: stop, no requeue
+        print(f"bwtf-train: stopped: {error}", file=sys.stderr)
+        sys.exit(ckpt.EXIT_FENCED)
     sys.exit(code)
 
 

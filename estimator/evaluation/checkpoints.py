@@ -1,9 +1,10 @@
 """Which checkpoint(s) the evaluator reads: bwtf's committed ``ckpt-<N>`` directories.
 
 ``--checkpoint`` accepts ``latest`` (the newest intact checkpoint of
-model_dir), a ``ckpt-<N>`` directory (verified against its manifest first) or
-a TF checkpoint prefix such as ``.../ckpt-<N>/model.ckpt-<N>`` (used as it is:
-a stock TF checkpoint has no manifest to verify).
+model_dir), a ``ckpt-<N>`` directory or the prefix inside one
+(``.../ckpt-<N>/model.ckpt-<N>``), both verified against the manifest by
+bwtf.ckpt's one verified reader, or any other TF checkpoint prefix (used as it
+is: a stock TF checkpoint has no manifest to verify).
 
 Deliberately left out: verifying stock TF checkpoints, and object stores for
 the prefix form (``tf.io.gfile`` would read them, but they cannot be verified).
@@ -39,8 +40,21 @@ def _step_of_prefix(prefix):
     return -1
 
 
+def _inside_bwtf_checkpoint(path):
+    text = path.rstrip("/")
+    for name in (os.path.basename(text), os.path.basename(os.path.dirname(text))):
+        if name.startswith("ckpt-") and name[5:].isdigit():
+            return True
+    return False
+
+
 def resolve(model_dir, checkpoint="latest"):
-    """(step, prefix) of the checkpoint to evaluate; raises NoCheckpointError."""
+    """(step, prefix) of the checkpoint to evaluate; raises NoCheckpointError.
+
+    bwtf checkpoints (``latest``, a ``ckpt-<N>`` directory or a prefix inside
+    one) go through bwtf.ckpt's verified reader: a broken one is refused with
+    its own path and reason, never answered with another checkpoint's step.
+    """
     if checkpoint in (None, "", "latest"):
         ref = ckpt.latest_intact_checkpoint(model_dir)
         if ref is None:
@@ -49,14 +63,13 @@ def resolve(model_dir, checkpoint="latest"):
                 "directories with a MANIFEST.json, as bwtf-train writes them). Train first, "
                 "point --model_dir at a training run, or pass --checkpoint=PATH.")
         return ref.step, ref.path
-    name = os.path.basename(checkpoint.rstrip("/"))
-    if tf.io.gfile.isdir(checkpoint) and name.startswith("ckpt-") and name[5:].isdigit():
+    if _inside_bwtf_checkpoint(checkpoint) and (
+            tf.io.gfile.isdir(checkpoint) or tf.io.gfile.isdir(os.path.dirname(checkpoint.rstrip("/")))):
         try:
-            ckpt.verify_checkpoint(checkpoint)
+            ref = ckpt.resolve_checkpoint(checkpoint)
         except ckpt.CheckpointError as error:
             raise NoCheckpointError(f"--checkpoint {checkpoint} is not intact: {error}") from None
-        step = int(name[5:])
-        return step, prefix_of(checkpoint, step)
+        return ref.step, ref.path
     if tf.io.gfile.exists(checkpoint + ".index"):
         return _step_of_prefix(checkpoint), checkpoint
     raise NoCheckpointError(

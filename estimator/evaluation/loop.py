@@ -60,8 +60,10 @@ def _evaluate_newest(pending, evaluate_checkpoint, history_path):
     result = evaluate_checkpoint(step, path)
     if result is None:
         return None  # it vanished (pruned) while being evaluated; nothing to record
-    # The listed step is what the history promises never to evaluate again.
-    record = dict(result, global_step=step, skipped_steps=skipped)
+    # The step actually restored (bwtf.ckpt falls back when the listed one
+    # vanished); the caller marks both as done.
+    record = dict(result, skipped_steps=skipped)
+    record.setdefault("global_step", step)
     _eval_history.append_record(history_path, record)
     return record
 
@@ -86,6 +88,8 @@ def run_loop(
             record = _evaluate_newest(pending, evaluate_checkpoint, config.history_path)
             # Done even when it vanished: this run never tries that step again.
             done.add(pending[-1][0])
+            if record is not None:
+                done.add(record["global_step"])
             if record is not None:
                 evaluated.append(record)
             last_progress = clock()

@@ -34,6 +34,8 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
+from bwtf import ckpt
+
 from bwtf.estimator import inputs, model_fn
 from bwtf.estimator import config as config_lib
 from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
@@ -70,18 +72,31 @@ class _Evaluator:
         self._input_fn = inputs.make_input_fn(job.dataset, tf.estimator.ModeKeys.EVAL, job.batch_size)
 
     def __call__(self, step, prefix):
-        """The record of one checkpoint; None when it vanished (pruned) meanwhile."""
-        model_fn.check_checkpoint_compatible(prefix, self._job.train_config)
-        logging.info("evaluating checkpoint %s (step %d) on split %r", prefix, step, self._job.split)
+        """The record of one checkpoint; None when it vanished (pruned) meanwhile.
+
+        The record's ``global_step`` and ``checkpoint`` are what was restored:
+        if ``prefix`` broke or vanished during the restore, bwtf.ckpt restored
+        the newest intact checkpoint instead, and the record says so.
+        """
         try:
-            return _eval_estimator.evaluate_checkpoint(
+            model_fn.check_checkpoint_compatible(prefix, self._job.train_config)
+            logging.info("evaluating checkpoint %s (step %d) on split %r", prefix, step, self._job.split)
+            record = _eval_estimator.evaluate_checkpoint(
                 self._estimator, self._input_fn, prefix, self._job.split, self._job.steps)
-        except tf.errors.NotFoundError:
+        except (tf.errors.NotFoundError, ckpt.CorruptCheckpointError):
             if tf.io.gfile.exists(prefix + ".index"):
                 raise
             logging.warning("checkpoint %s was removed while being evaluated (retention "
                             "keeps only the newest); moving on", prefix)
             return None
+        if record["global_step"] != step:
+            restored = _eval_checkpoints.prefix_of(
+                f"{prefix.rsplit('/', 2)[0]}/ckpt-{record['global_step']}", record["global_step"])
+            logging.warning("checkpoint %s (step %d) vanished or broke while being restored; the "
+                            "metrics are of %s (step %d)", prefix, step, restored,
+                            record["global_step"])
+            record["checkpoint"] = restored
+        return record
 
 
 def _check_count(job, record, split_sizes):

@@ -31,6 +31,7 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
+from bwtf import ckpt
 from bwtf.estimator import config, inputs, model_fn
 from bwtf.estimator.serving import signature as serving_signature
 
@@ -62,7 +63,12 @@ def _build_and_save(staging_dir, checkpoint_prefix, model_config):
             preprocess_jpeg=lambda encoded: inputs.eval_image_from_bytes(encoded, size),
             image_size=size, class_names=model_config.class_names,
             label_texts=model_config.label_texts)
-        saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables())
+        # bwtf.ckpt's restore: verified, and a checkpoint that broke or vanished
+        # since it was chosen falls back to the newest intact one (named below).
+        saver = ckpt.GatheredSaver(os.path.dirname(os.path.dirname(checkpoint_prefix)) or ".",
+                                   ckpt.CheckpointPolicy(),
+                                   var_list=tf.compat.v1.global_variables(), snapshots=False)
+        saver.build()
         signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
             inputs={serving_signature.INPUT_KEY: jpegs}, outputs=outputs)
         with tf.compat.v1.Session() as session:
@@ -72,6 +78,7 @@ def _build_and_save(staging_dir, checkpoint_prefix, model_config):
                 session, [tf.saved_model.SERVING], signature_def_map={SIGNATURE_KEY: signature},
                 clear_devices=True, strip_default_attrs=True)
             builder.save()
+    return saver.last_restored
 
 
 def _write_metadata(staging_dir, checkpoint_prefix, model_config, global_step):
@@ -114,7 +121,11 @@ def export_saved_model(export_dir, checkpoint_prefix, model_config, global_step=
     os.makedirs(parent, exist_ok=True)
     staging_dir = os.path.join(parent, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
     try:
-        _build_and_save(staging_dir, checkpoint_prefix, model_config)
+        restored, restored_step = _build_and_save(staging_dir, checkpoint_prefix, model_config)
+        if restored != checkpoint_prefix:
+            logging.warning("checkpoint %s broke or vanished; exporting %s (step %s) instead",
+                            checkpoint_prefix, restored, restored_step)
+            checkpoint_prefix, global_step = restored, restored_step
         _write_metadata(staging_dir, checkpoint_prefix, model_config, global_step)
         refuse_existing(export_dir, overwrite)  # another export may have finished meanwhile
         _move_into_place(staging_dir, export_dir)

@@ -118,8 +118,9 @@ def _check_before_training(job):
     """Fails fast, before any server starts, on the chief's own problems."""
     if not job.role.is_chief:
         return
-    ckpt.require_writable_model_dir(job.train.model_dir)
-    latest = ckpt.latest_intact_checkpoint(job.train.model_dir)
+    # Ownership (fences an older chief) and pointers repaired from the
+    # checkpoints themselves, before Estimator or a worker reads them.
+    latest = ckpt.take_ownership(job.train.model_dir)
     if latest is not None:
         model_fn.check_checkpoint_compatible(latest.path, job.train)
         logging.info("resuming from %s (step %d)", latest.path, latest.step)
@@ -226,6 +227,9 @@ def _log_summary(job, metrics, start_step, wall_secs):
 
 
 def _train(job):
+    # Estimator's "max_steps already saved" decision goes through the verified
+    # reader (a worker checks sizes only; the chief has verified in full).
+    ckpt.install_estimator_step_reader(full=job.role.is_chief)
     train_fn, eval_fn = _input_fns(job)
     estimator = _estimator(job.train, job.role.tf_config_json(),
                            collective=job.train.distribution == "collective")

@@ -21,12 +21,12 @@ _ROLE_VARIABLES = ("TF_CONFIG", "SLURM_JOB_ID", "SLURM_PROCID", "PBS_NODEFILE", 
                    "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PALS_RANKID", "ALPS_APP_PE")
 
 
-def _train(model_dir, **env):
+def _train(model_dir, *extra, **env):
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **env)
     for name in _ROLE_VARIABLES:
         full_env.pop(name, None)
     run = subprocess.run([sys.executable, "-m", "bwtf.estimator.train", *_FLAGS,
-                          f"--model_dir={model_dir}"], capture_output=True, text=True,
+                          f"--model_dir={model_dir}", *extra], capture_output=True, text=True,
                          timeout=300, env=full_env, check=False)
     return run.returncode, run.stdout + run.stderr
 
@@ -72,3 +72,26 @@ def test_kill_between_the_pointer_writes_resumes_from_that_checkpoint(tmp_path):
     # Not replaced by a checkpoint of a new trajectory started from step 0.
     assert _manifest(model_dir, 2) == first
     assert [s.step for s in ckpt.list_checkpoints(model_dir)] == [2, 4, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_planted_links_in_a_run_folder_never_lead_training_outside_it(tmp_path):
+    model_dir = tmp_path / "run"
+    code, log = _train(str(model_dir), "--train_steps=4")
+    assert code == 0, log[-3000:]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data").write_text("keep me")
+    os.remove(model_dir / "ckpt-2" / ".writer.json")
+    os.symlink(victim, model_dir / "ckpt-2" / ".writer.json")
+    os.symlink(victim, model_dir / "ckpt-4" / ".writer.json.tmp")
+    os.symlink(outside, model_dir / "ckpt-1")
+    code, log = _train(str(model_dir), "--train_steps=8", "--keep_checkpoints=1")
+    assert code == 0, log[-3000:]
+    assert victim.read_text() == "precious"
+    assert sorted(os.listdir(outside)) == ["data"] and (outside / "data").read_text() == "keep me"
+    assert os.path.islink(model_dir / "ckpt-1")
+    assert [s.step for s in ckpt.list_checkpoints(str(model_dir)) if s.intact] == [8]

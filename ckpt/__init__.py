@@ -50,12 +50,16 @@ Public API (import as ``from bwtf import ckpt``)::
         uncommitted checkpoints with a warning that names the reason. The one
         verified reader: a checkpoint's bytes are checked once per process
         (keyed by its manifest), however many callers ask.
-    ckpt.GatheredSaver(model_dir, policy, device=None, var_list=None)
-        the saver itself (Saver-compatible: build/save/restore/saver_def/...).
+    ckpt.GatheredSaver(model_dir, policy, device=None, var_list=None, snapshots=True)
+        the saver itself (Saver-compatible: build/save/restore/saver_def/...);
+        plus save_async(session) -> step, wait(), poll(), last_restored
+        ((path, step) of the last restore, after any fallback).
     ckpt.verify_checkpoint(directory, full=True) -> None
         raises CorruptCheckpointError naming the reason unless intact.
     ckpt.list_checkpoints(model_dir) -> list[CheckpointStatus]
-    ckpt.prune(model_dir, policy) -> list[str]   # removed directories
+    ckpt.prune(model_dir, policy, dry_run=False, in_background=None,
+               ownership=None) -> list[str]      # removed directories; without
+        # ownership it refuses (CheckpointError) while a live writer owns model_dir
     ckpt.require_writable_model_dir(model_dir)   # raises CheckpointError early
     ckpt.remaining_walltime_secs(environ=None) -> float | None
     ckpt.CheckpointError                         # user-facing checkpoint problems
@@ -79,8 +83,11 @@ and warm start keep working.
 
 Importing this package does not import TensorFlow; the names that need it load
 their module on first use, so ``python -m bwtf.ckpt list`` stays fast.
-This package leaves out: TF2 object-based checkpoints (tf.train.Checkpoint) and
-asynchronous saving; a save blocks training for its duration.
+Saving: ``GatheredSaver.save_async(session)`` copies every variable into a
+snapshot buffer on its ps (one session.run) and commits in a background
+thread; ``save`` is synchronous and durable. The chief's hook saves
+periodically with save_async and at the end/stop synchronously.
+This package leaves out: TF2 object-based checkpoints (tf.train.Checkpoint).
 """
 import importlib
 

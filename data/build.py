@@ -66,7 +66,7 @@ class BuildSummary:
             f"layout: {self.layout}" + (f"; {self.notes}" if self.notes else ""),
             f"examples: {counts} (total {sum(self.examples.values())})",
             f"bad images skipped: {self.bad_images}; re-encoded: {self.reencoded}; "
-            f"unsafe tar members skipped: {self.skipped_members}; other problems: {self.problems}",
+            f"members skipped (links, duplicates, unsafe): {self.skipped_members}; other problems: {self.problems}",
             f"report: {os.path.join(self.dataset_dir, builder_lib.REPORT_FILE)}",
             f"time: {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, {self.num_workers} worker(s)",
         ]
@@ -153,7 +153,7 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
     return BuildSummary(
         dataset_name=f"{DATASET}/{config.name}", data_dir=data_dir, dataset_dir=str(builder.data_dir),
         examples={name: split.num_examples for name, split in builder.info.splits.items()},
-        bad_images=len(report.get("bad_images", [])), reencoded=len(report.get("reencoded", [])),
+        bad_images=builder_lib.bad_image_count(report), reencoded=len(report.get("reencoded", [])),
         skipped_members=len(report.get("skipped_members", [])), problems=len(report.get("problems", [])),
         layout=report.get("layout", "unknown"), notes=report.get("notes", ""),
         seconds=seconds, num_workers=num_workers, reused=reused)

@@ -7,6 +7,7 @@ parallel, yields the same items.
 """
 import dataclasses
 import os
+import statistics
 import tarfile
 from typing import Optional
 
@@ -38,6 +39,7 @@ class Plan:
     items: dict  # split name -> list of work items
     problems: list  # (file, reason) tolerated while planning
     label_source: str = ""
+    listed_images: int = 0  # images a file list names among the selected classes (0: no file list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +64,19 @@ def detect_layout(manual_dir):
         return "ilsvrc2012"
     if any(os.path.isfile(os.path.join(manual_dir, n)) for n in FALL11_IMAGES):
         return "fall11"
-    if any(_sources.SYNSET.match(n) and os.path.isdir(os.path.join(manual_dir, n)) for n in os.listdir(manual_dir)):
+    try:
+        names = os.listdir(manual_dir)
+    except OSError as error:
+        raise _sources.ManualDirError(f"manual_dir {manual_dir} cannot be listed: {error.strerror}; "
+                                      "check its permissions") from None
+    if any(_sources.SYNSET.match(n) and os.path.isdir(os.path.join(manual_dir, n)) for n in names):
         return "extracted"
     raise _sources.ManualDirError(
         f"manual_dir {manual_dir} holds no ImageNet archive. Looked for: ILSVRC2012 layout "
         f"({ILSVRC_TRAIN} and/or {ILSVRC_VAL}); fall 2011 layout ({' or '.join(FALL11_IMAGES)}, with "
         f"optional {_sources.FALL11_ANNOTATIONS}, words.txt, {SPLIT_LISTS['train']}, {SPLIT_LISTS['validation']}); "
         "extracted layout (folders <synset>/*.JPEG such as n01440764/, with optional Annotation/<synset>/*.xml). "
-        f"Found: {', '.join(sorted(os.listdir(manual_dir))) or 'nothing'}.")
+        f"Found: {', '.join(sorted(names)) or 'nothing'}.")
 
 
 def _outer_members(path, problems):
@@ -77,8 +84,10 @@ def _outer_members(path, problems):
     try:
         with archive.TarRegion(path) as outer:
             refs = outer.members()
-    except tarfile.ReadError as error:  # tarfile also notices a tar cut short by a failed copy
+    except (tarfile.ReadError, OSError) as error:
         raise _sources.ManualDirError(f"{error}; re-download or re-copy it") from None
+    if outer.damage:  # a cut outer tar would silently lose every class after the cut
+        raise _sources.ManualDirError(f"{path} is damaged: {outer.damage.reason}; re-download or re-copy it")
     problems.extend((f"{path}:{m.name}", m.reason) for m in outer.unsafe)
     return refs
 
@@ -86,22 +95,34 @@ def _outer_members(path, problems):
 def _tar_classes(path, problems):
     """One _ClassSource per '<synset>.tar' member of an outer tar."""
     refs = _outer_members(path, problems)
-    classes = []
+    classes = {}
     for ref in refs:
         synset = archive.base_name(ref.name)[: -len(".tar")] if ref.name.endswith(".tar") else ""
-        if _sources.SYNSET.match(synset):
-            classes.append(_ClassSource(synset, path, ref.offset, ref.size))
-        else:
+        if not _sources.SYNSET.match(synset):
             problems.append((f"{path}:{ref.name}", "not a per-synset tar named <synset>.tar; ignored"))
-    return classes
+        elif synset in classes:
+            raise _sources.ManualDirError(
+                f"{path} holds two tars of synset {synset} (at bytes {classes[synset].offset} and {ref.offset}); "
+                "one of them is a stray copy: rebuild the archive with one tar per synset")
+        else:
+            classes[synset] = _ClassSource(synset, path, ref.offset, ref.size)
+    return list(classes.values())
 
 
 def _class_names(present, options):
-    if options.class_list:
+    if options.class_list is not None:
         names = sorted(set(options.class_list))
+        if not names:
+            raise _sources.ManualDirError("class_list is empty; list one synset per line, or leave it out "
+                                          "to build every class")
         wrong = [n for n in names if not _sources.SYNSET.match(n)]
         if wrong:
             raise _sources.ManualDirError(f"class_list entries must be synsets like n01440764, found {wrong[:5]}")
+        absent = [n for n in names if n not in present]
+        if absent:
+            raise _sources.ManualDirError(
+                f"class_list names {len(absent)} synsets that manual_dir has no images of (e.g. {absent[:3]}); "
+                "they would be empty classes: remove them from the list")
         if options.class_set == "ilsvrc-1000":
             outside = sorted(set(names) - set(ilsvrc_synsets()))
             if outside:
@@ -129,12 +150,15 @@ def _group_boxes(boxes):
 
 def _class_items(split, classes, names, words, boxes, selection_for):
     labels = {synset: index for index, synset in enumerate(names)}
+    tar_sizes = [c.size for c in classes if c.size >= 0]
+    expected_size = int(statistics.median(tar_sizes)) if tar_sizes else 0
     items = []
     for source in sorted(classes, key=lambda c: c.synset):
         if source.synset in labels:
             items.append(_examples.ClassItem(
                 split, len(items), source.synset, labels[source.synset], words.get(source.synset, ""),
-                source.path, source.offset, source.size, selection_for(source.synset), boxes.get(source.synset, {})))
+                source.path, source.offset, source.size, selection_for(source.synset), boxes.get(source.synset, {}),
+                expected_size=expected_size))
     return items
 
 
@@ -171,6 +195,9 @@ def _validation_chunks(path, refs, val_labels, val_boxes, names, words, options,
             problems.append((f"{path}:{ref.name}", "no validation label found; image left out"))
             continue
         subset = _subset_of(options, synset)
+        if synset not in labels and options.class_list is None:
+            problems.append((f"{path}:{ref.name}", f"its label {synset} is not one of the {len(labels)} classes "
+                                                   f"(class_set {options.class_set!r}); image left out"))
         if synset not in labels or (subset is not None and image_stem not in subset):
             continue
         kept = by_synset.setdefault(synset, [])
@@ -196,8 +223,14 @@ def _plan_ilsvrc(manual_dir, options):
         refs = _outer_members(val_path, problems)
         stems = [_sources.stem(r.name) for r in refs]
         val_labels, val_boxes, source = _sources.validation_labels(manual_dir, stems, problems)
-    present = {c.synset for c in classes} | {val_labels[s] for s in map(_sources.stem, (r.name for r in refs))
-                                              if s in val_labels}
+    val_synsets = {val_labels[s] for s in map(_sources.stem, (r.name for r in refs)) if s in val_labels}
+    train_synsets = {c.synset for c in classes}
+    if train_synsets:
+        # A label source naming a synset the train archive lacks adds a class
+        # without training images: kept (labels must follow the source), but reported.
+        problems.extend((val_path, f"validation labels name {s}, which has no training images; it becomes a class "
+                                   "with validation images only") for s in sorted(val_synsets - train_synsets))
+    present = train_synsets | val_synsets
     names = _class_names(present, options)
     words = _sources.read_words(manual_dir)
     if classes:
@@ -238,13 +271,47 @@ def _plan_tree(layout, manual_dir, classes, boxes, options, problems):
     names = _class_names({c.synset for c in classes}, options)
     words = _sources.read_words(manual_dir)
     selections, how = _split_selections(manual_dir, options)
+    if how == "held-out fraction" and options.validation_fraction == 0:
+        del selections["validation"]  # nothing is held out: no validation split
     items = {split: _class_items(split, classes, names, words, boxes, selection_for)
              for split, selection_for in selections.items()}
     return Plan(layout, names, items, problems, f"splits from {how}")
 
 
+def _folder_classes(manual_dir, problems):
+    """One _ClassSource per <synset>/ folder; a linked folder is reported, not followed."""
+    classes = []
+    for entry in sorted(os.scandir(manual_dir), key=lambda e: e.name):
+        if not _sources.SYNSET.match(entry.name):
+            continue
+        if entry.is_symlink():
+            problems.append((entry.path, "synset folder is a symbolic link; the extracted layout does not follow "
+                                         "links (copy the folder in, or build from the folder it points to)"))
+        elif entry.is_dir(follow_symlinks=False):
+            classes.append(_ClassSource(entry.name, entry.path))
+    if not classes:
+        raise _sources.ManualDirError(f"manual_dir {manual_dir} has no <synset>/ folder that is not a link; "
+                                      "the extracted layout does not follow links")
+    return classes
+
+
+def _listed_images(plan, options):
+    """How many images the file list names among the plan's classes (its ``listed_images``)."""
+    if options.subset is None:
+        return 0
+    names = set(plan.class_names)
+    return sum(len(stems) for synset, stems in options.subset.items() if synset in names or synset == "")
+
+
 def make_plan(manual_dir, options):
     """The Plan for ``manual_dir``; ManualDirError when it cannot be built."""
+    plan = _make_plan(manual_dir, options)
+    if options.images_per_class is None:  # with a cap, fewer images than listed is intended
+        plan.listed_images = _listed_images(plan, options)
+    return plan
+
+
+def _make_plan(manual_dir, options):
     manual_dir = os.fspath(manual_dir)
     layout = detect_layout(manual_dir)
     if options.class_set not in CLASS_SETS:
@@ -257,7 +324,6 @@ def make_plan(manual_dir, options):
         classes = _tar_classes(path, problems)
         boxes = _sources.read_tar_annotations(os.path.join(manual_dir, _sources.FALL11_ANNOTATIONS), problems)
     else:
-        classes = [_ClassSource(n, os.path.join(manual_dir, n)) for n in sorted(os.listdir(manual_dir))
-                   if _sources.SYNSET.match(n) and os.path.isdir(os.path.join(manual_dir, n))]
+        classes = _folder_classes(manual_dir, problems)
         boxes = _sources.read_folder_annotations(os.path.join(manual_dir, "Annotation"), problems)
     return _plan_tree(layout, manual_dir, classes, _group_boxes(boxes), options, problems)

@@ -207,10 +207,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # it does not tell _generate_examples whether Beam options were given.
         self._use_beam = download_config.beam_options is not None or download_config.beam_runner is not None
         with _bounded_shuffle_memory():
-            if self.local_workers > 1 and not self._use_beam:
-                self._prepare_in_processes(dl_manager, download_config)
-            else:
-                super()._download_and_prepare(dl_manager, download_config)
+            try:
+                if self.local_workers > 1 and not self._use_beam:
+                    self._prepare_in_processes(dl_manager, download_config)
+                else:
+                    super()._download_and_prepare(dl_manager, download_config)
+            except AssertionError as error:
+                if "No examples were yielded" not in str(error):
+                    raise
+                kept = self._write_report(self._report({}), failed=True)
+                raise BadImagesError(
+                    f"a split has no usable image: every image selected for it is damaged or left out "
+                    f"({bad_image_count(_load(kept))} damaged); nothing was written. The report is in {kept}") \
+                    from None
         self._finish_report()
 
     def _make_plan(self, dl_manager):
@@ -247,23 +256,42 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     | beam.FlatMap(_examples.examples_of_item, report_dir=report_dir))
         return itertools.chain.from_iterable(_examples.examples_of_item(item, report_dir) for item in items)
 
-    def _finish_report(self):
-        """Merges the per-item reports into bad_images.json; fails above the threshold."""
-        data_dir = epath.Path(self.data_dir)
-        report = _merge_parts(data_dir / _PARTS_DIR)
-        report["problems"] = [{"file": f, "reason": r} for f, r in sorted(self._plan.problems)]
-        examples = {name: split.num_examples for name, split in self.info.splits.items()}
+    def _report(self, examples):
+        """The merged report of this build (the per-item parts are consumed)."""
+        report = _merge_parts(epath.Path(self.data_dir) / _PARTS_DIR)
+        problems = list(self._plan.problems)
+        found = sum(examples.values()) + bad_image_count(report)
+        if self._plan.listed_images and found < self._plan.listed_images:
+            problems.append((self.builder_config.file_list, f"names {self._plan.listed_images} images of the "
+                             f"selected classes; only {found} were found in manual_dir"))
+        report["problems"] = [{"file": f, "reason": r} for f, r in sorted(problems)]
         report.update(layout=self._plan.layout, notes=self._plan.label_source, examples=examples,
                       max_bad_image_fraction=self.builder_config.max_bad_image_fraction)
-        bad, total = len(report["bad_images"]), len(report["bad_images"]) + sum(examples.values())
+        return report
+
+    def _write_report(self, report, failed):
+        """Writes the report into the dataset folder, or next to it (kept after TFDS removes it) on failure."""
+        data_dir = epath.Path(self.data_dir)
+        path = data_dir.parent / f"{REPORT_FILE[:-5]}-{self.version}.json" if failed else data_dir / REPORT_FILE
+        _write_json(path, report)
+        return path
+
+    def _finish_report(self):
+        """Merges the per-item reports into bad_images.json; fails above the threshold."""
+        examples = {name: split.num_examples for name, split in self.info.splits.items()}
+        report = self._report(examples)
+        bad = bad_image_count(report)
+        total = bad + sum(examples.values())
         if total and bad / total > self.builder_config.max_bad_image_fraction:
-            kept = data_dir.parent / f"{REPORT_FILE[:-5]}-{self.version}.json"
-            _write_json(kept, report)
+            kept = self._write_report(report, failed=True)
+            damaged = [e["file"] for e in report["bad_images"] if e.get("damaged_archive")]
             raise BadImagesError(
                 f"{bad} of {total} images ({bad / total:.2%}) are damaged, above max_bad_image_fraction="
-                f"{self.builder_config.max_bad_image_fraction:g}; nothing was written. The list is in {kept}; "
-                "fix or remove those files, or raise max_bad_image_fraction.")
-        _write_json(data_dir / REPORT_FILE, report)
+                f"{self.builder_config.max_bad_image_fraction:g}; nothing was written"
+                + (f"; damaged archives: {', '.join(damaged[:3])}" + (" and more" if len(damaged) > 3 else "")
+                   if damaged else "")
+                + f". The list is in {kept}; fix or remove those files, or raise max_bad_image_fraction.")
+        self._write_report(report, failed=False)
 
 
 @contextlib.contextmanager
@@ -294,15 +322,37 @@ def _write_json(path, value):
 
 
 def _merge_parts(parts_dir):
-    merged = {"bad_images": [], "skipped_members": [], "reencoded": []}
+    merged, counts = {"bad_images": [], "skipped_members": [], "reencoded": []}, {}
     if parts_dir.is_dir():
         for part in sorted(parts_dir.glob("*.json")):
             for key, entries in json.loads(part.read_text(encoding="utf-8")).items():
-                merged[key].extend(entries)
+                if key == "counts":
+                    for what, number in entries.items():
+                        counts[what] = counts.get(what, 0) + number
+                else:
+                    merged[key].extend(entries)
         parts_dir.rmtree()
+    # A damaged tar read by the items of both splits (held-out layouts) is one loss, not two.
+    damaged = {}
+    for entry in merged["bad_images"]:
+        if entry.get("damaged_archive"):
+            damaged[entry["file"]] = max(entry, damaged.get(entry["file"], entry), key=lambda e: e["images"])
+    merged["bad_images"] = [e for e in merged["bad_images"] if not e.get("damaged_archive")] + list(damaged.values())
+    for key in ("skipped_members", "reencoded"):  # both split items of a held-out class report the same member
+        merged[key] = list({json.dumps(e, sort_keys=True): e for e in merged[key]}.values())
     for entries in merged.values():
         entries.sort(key=lambda entry: (entry.get("split", ""), entry["file"]))
+    merged["counts"] = counts
     return merged
+
+
+def bad_image_count(report):
+    """Images lost to damage: one per bad image, the estimated contents of each damaged archive."""
+    return sum(entry.get("images", 1) for entry in report.get("bad_images", []))
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def read_report(dataset_dir):

@@ -68,7 +68,9 @@ class BuildSummary:
             f"bad images skipped: {self.bad_images}; re-encoded: {self.reencoded}; "
             f"members skipped (links, duplicates, unsafe): {self.skipped_members}; other problems: {self.problems}",
             f"report: {os.path.join(self.dataset_dir, builder_lib.REPORT_FILE)}",
-            f"time: {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, {self.num_workers} worker(s)",
+            (f"time: {self.seconds:.1f} s, nothing to build" if self.reused else
+             f"time: {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, {self.num_workers} worker(s)"),
+            f"train with: --dataset={self.dataset_name} --data_dir={self.data_dir}",
         ]
         return "\n".join(lines)
 
@@ -104,30 +106,50 @@ def beam_options(num_workers, pipeline_options=None):
     return options
 
 
-@contextlib.contextmanager
-def _removing_new_empty_folders(folder, stop_at):
-    """On failure, removes ``folder`` and its parents below ``stop_at`` if they were created empty.
-
-    TFDS creates <data_dir>/imagenet_archive/<config>/ before it starts; a
-    build that fails must not leave those behind as if something was built.
-    """
-    existing = set()
-    path = folder
-    while path.startswith(stop_at) and path != stop_at:
-        if os.path.isdir(path):
-            existing.add(path)
+def _created_by_tfds(data_dir, dataset_dir):
+    """What TFDS may create for a build: its folders up to the version folder, downloads/, .config/."""
+    folders = []
+    path = os.path.dirname(dataset_dir)
+    while path.startswith(data_dir + os.sep):
+        folders.append(path)
         path = os.path.dirname(path)
+    downloads = os.path.join(data_dir, "downloads")
+    return folders, [os.path.join(downloads, "extracted"), downloads], [
+        os.path.join(data_dir, DATASET, ".config", "metadata.json"), os.path.join(data_dir, DATASET, ".config")]
+
+
+@contextlib.contextmanager
+def _removing_what_a_failed_build_created(data_dir, dataset_dir):
+    """On failure, removes what TFDS created before it failed: empty folders and its .config metadata.
+
+    TFDS creates <data_dir>/imagenet_archive/<config>/, downloads/ and
+    .config/ before it starts; a build that fails must not leave those behind
+    as if something was built. Only what did not exist before is removed, and
+    folders only when empty, so another build's files are never touched.
+    """
+    config_folders, download_folders, metadata = _created_by_tfds(data_dir, dataset_dir)
+    existing = {path for path in config_folders + download_folders + metadata if os.path.lexists(path)}
     try:
         yield
     except BaseException:
-        path = folder
-        while path.startswith(stop_at) and path != stop_at and path not in existing:
-            try:
-                os.rmdir(path)  # only succeeds when empty
-            except OSError:
-                break
-            path = os.path.dirname(path)
+        for path in [*config_folders, *download_folders, *metadata, os.path.join(data_dir, DATASET)]:
+            if path in existing or not os.path.lexists(path):
+                continue
+            with contextlib.suppress(OSError):
+                os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
         raise
+
+
+def _check_version_folder(dataset_dir):
+    """An empty version folder (a build killed early) is removed; one with files but no dataset_info.json is refused."""
+    if not os.path.lexists(dataset_dir) or os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
+        return
+    if os.path.isdir(dataset_dir) and not os.path.islink(dataset_dir) and not os.listdir(dataset_dir):
+        os.rmdir(dataset_dir)
+        return
+    raise builder_lib.ConfigError(
+        f"{dataset_dir} exists but holds no dataset_info.json (a build that did not finish?); "
+        "move it away or delete it, then build again")
 
 
 def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=None, **config_options):
@@ -141,17 +163,23 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
     config = builder_lib.make_config(**config_options)
     options = beam_options(num_workers, beam_pipeline_options)
     builder_lib.detect_layout(manual_dir)  # fails before TFDS creates any folder
+    builder_lib.check_lists(config)  # likewise
+    # TFDS reads an existing version folder as soon as the builder is made.
+    _check_version_folder(os.path.join(data_dir, DATASET, config.name, str(builder_lib.Builder.VERSION)))
     builder = builder_lib.Builder(config=builder_lib.config_for_builder(config), data_dir=data_dir)
+    dataset_dir = str(builder.data_dir)
+    if not os.path.realpath(dataset_dir).startswith(os.path.realpath(data_dir) + os.sep):
+        raise builder_lib.ConfigError(f"the dataset folder {dataset_dir} would be outside data_dir {data_dir}")
     builder.local_workers = num_workers if options is None else 1
-    reused = os.path.isdir(builder.data_dir)
+    reused = os.path.isdir(dataset_dir)
     start = time.monotonic()
-    with _removing_new_empty_folders(os.path.dirname(str(builder.data_dir)), stop_at=data_dir):
+    with _removing_what_a_failed_build_created(data_dir, dataset_dir):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=manual_dir, beam_options=options))
     seconds = time.monotonic() - start
     report = builder_lib.read_report(builder.data_dir) or {}
     return BuildSummary(
-        dataset_name=f"{DATASET}/{config.name}", data_dir=data_dir, dataset_dir=str(builder.data_dir),
+        dataset_name=f"{DATASET}/{config.name}", data_dir=data_dir, dataset_dir=dataset_dir,
         examples={name: split.num_examples for name, split in builder.info.splits.items()},
         bad_images=builder_lib.bad_image_count(report), reencoded=len(report.get("reencoded", [])),
         skipped_members=len(report.get("skipped_members", [])), problems=len(report.get("problems", [])),
@@ -166,6 +194,10 @@ def main(argv, program_flags):
         summary = build_dataset(**program_flags.build_arguments())
     except USER_ERRORS as error:
         sys.exit(f"bwtf.data.build: {error}")
+    except OSError as error:  # an unreadable manual_dir file, a read-only or full data_dir
+        where = f" {error.filename}" if error.filename else ""
+        sys.exit(f"bwtf.data.build: cannot read or write{where}: {error.strerror or error}; "
+                 "check the permissions and free space of manual_dir and data_dir")
     print(summary.text())
 
 

@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from typing import Optional, Sequence, Union
 
 from etils import epath
@@ -91,6 +92,9 @@ class ImagenetArchiveConfig(tfds.core.BuilderConfig):
             self.class_list = tuple(self.class_list)
 
 
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
+
+
 def _digest(text):
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -107,6 +111,9 @@ def make_config(*, class_set="present", class_list=None, images_per_class=None, 
     if name in _REGISTERED_NAMES and name != derived:
         raise ConfigError(f"config name {name!r} is reserved for class_set={name} with default options; "
                           "choose another name for these options")
+    if name is not None and (not _CONFIG_NAME.match(name) or ".." in name):
+        raise ConfigError(f"config name {name!r} must be one folder name of letters, digits, '_', '-', '.' and '+' "
+                          "(at most 100, no '..' and no '/'), such as 'present-100'")
     name = name or derived
     return ImagenetArchiveConfig(
         name=name, class_set=class_set, class_list=class_list, images_per_class=images_per_class,
@@ -140,10 +147,15 @@ def _derived_name(class_set, class_list, images_per_class, file_list, validation
 def _read_class_list(class_list):
     if not isinstance(class_list, str):
         return tuple(class_list)
-    path = epath.Path(class_list)
-    if not path.is_file():
+    if not os.path.isfile(class_list):
         raise ConfigError(f"class_list file {class_list} does not exist; expected one synset per line")
-    return tuple(line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    text = _sources.read_text(class_list, "class_list file")
+    return tuple(line.split()[0] for line in text.splitlines() if line.strip())
+
+
+def check_lists(config):
+    """Reads the class and file lists a config names; ConfigError or ManualDirError when they are unusable."""
+    _plan_options(config)
 
 
 def _plan_options(config):

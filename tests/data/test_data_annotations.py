@@ -42,9 +42,13 @@ def test_empty_and_inverted_boxes_are_dropped_or_ordered():
     (_EXTERNAL_ENTITY, "unsafe XML refused"),
     (b"<annotation><object>", "malformed XML"),
     (b"", "malformed XML"),
-    (_XML.replace(b"<xmin>20</xmin>", b"<xmin>twenty</xmin>"), "<xmin> should be a number"),
+    (_XML.replace(b"<xmin>20</xmin>", b"<xmin>twenty</xmin>"), "<xmin> should be a finite number"),
+    (_XML.replace(b"<xmin>20</xmin>", b"<xmin>nan</xmin>"), "<xmin> should be a finite number"),
+    (_XML.replace(b"<xmax>120</xmax>", b"<xmax>1e999</xmax>"), "<xmax> should be a finite number"),
     (_XML.replace(b"<ymax>60</ymax>", b""), "missing <ymax>"),
-], ids=["billion-laughs", "external-entity", "unclosed", "empty", "not-a-number", "missing-field"])
+    (b'<?xml version="1.0" encoding="x-no-such-codec"?>' + _XML, "encoding"),
+], ids=["billion-laughs", "external-entity", "unclosed", "empty", "not-a-number", "nan", "overflow",
+        "missing-field", "unknown-encoding"])
 def test_bad_xml_raises_annotation_error(xml, reason):
     with pytest.raises(annotations.AnnotationError, match=reason):
         annotations.parse(xml)

@@ -3,8 +3,8 @@
     python -m bwtf.data.build --manual_dir=/lustre/imagenet --data_dir=/lustre/tfds \\
         [--num_workers=8] [--class_set=present] [--images_per_class=100] [--flagfile=build.flags]
 
-With --num_workers above 1 on one node, that many local processes read,
-encode and write the shards (the builder's ``_parallel`` engine); the files
+With --num_workers above 1 on one node, that many local processes (at most
+one per work item and per CPU this process may use) read, encode and write the shards (the builder's ``_parallel`` engine); the files
 are identical to a sequential build's. With --beam_pipeline_options
 (e.g. "runner=FlinkRunner,..." for several nodes, or "runner=DirectRunner,
 direct_num_workers=4,direct_running_mode=multi_processing") the build runs
@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import signal
 import sys
 import time
 
@@ -162,8 +163,7 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
     manual_dir, data_dir = os.path.abspath(manual_dir), os.path.abspath(data_dir)
     config = builder_lib.make_config(**config_options)
     options = beam_options(num_workers, beam_pipeline_options)
-    builder_lib.detect_layout(manual_dir)  # fails before TFDS creates any folder
-    builder_lib.check_lists(config)  # likewise
+    plan = builder_lib.plan_build(manual_dir, config)  # bad input fails before TFDS creates any folder
     # TFDS reads an existing version folder as soon as the builder is made.
     _check_version_folder(os.path.join(data_dir, DATASET, config.name, str(builder_lib.Builder.VERSION)))
     builder = builder_lib.Builder(config=builder_lib.config_for_builder(config), data_dir=data_dir)
@@ -171,6 +171,7 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
     if not os.path.realpath(dataset_dir).startswith(os.path.realpath(data_dir) + os.sep):
         raise builder_lib.ConfigError(f"the dataset folder {dataset_dir} would be outside data_dir {data_dir}")
     builder.local_workers = num_workers if options is None else 1
+    builder.given_plan = plan
     reused = os.path.isdir(dataset_dir)
     start = time.monotonic()
     with _removing_what_a_failed_build_created(data_dir, dataset_dir):
@@ -184,7 +185,13 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
         bad_images=builder_lib.bad_image_count(report), reencoded=len(report.get("reencoded", [])),
         skipped_members=len(report.get("skipped_members", [])), problems=len(report.get("problems", [])),
         layout=report.get("layout", "unknown"), notes=report.get("notes", ""),
-        seconds=seconds, num_workers=num_workers, reused=reused)
+        seconds=seconds, num_workers=builder.workers_used, reused=reused)
+
+
+def _exit_bad_input(message):
+    """Exit code 2 (bad input) with one line on stderr."""
+    print(f"bwtf.data.build: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv, program_flags):
@@ -193,11 +200,15 @@ def main(argv, program_flags):
     try:
         summary = build_dataset(**program_flags.build_arguments())
     except USER_ERRORS as error:
-        sys.exit(f"bwtf.data.build: {error}")
+        _exit_bad_input(str(error))
     except OSError as error:  # an unreadable manual_dir file, a read-only or full data_dir
         where = f" {error.filename}" if error.filename else ""
-        sys.exit(f"bwtf.data.build: cannot read or write{where}: {error.strerror or error}; "
-                 "check the permissions and free space of manual_dir and data_dir")
+        _exit_bad_input(f"cannot read or write{where}: {error.strerror or error}; "
+                        "check the permissions and free space of manual_dir and data_dir")
+    except KeyboardInterrupt:
+        print("bwtf.data.build: stopped before the end; the workers were stopped and nothing was written",
+              file=sys.stderr)
+        sys.exit(130)
     print(summary.text())
 
 
@@ -208,7 +219,14 @@ def run():
 
     flags.mark_flags_as_required(["manual_dir", "data_dir"])
     bwtf.show_program_flags_in_help()
+    # SIGTERM (scancel, a batch system's time limit, kill) unwinds like Ctrl-C,
+    # so the worker processes are stopped and partial files removed.
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     app.run(functools.partial(main, program_flags=_build_flags))
+
+
+def _raise_interrupted(signum, _frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 if __name__ == "__main__":

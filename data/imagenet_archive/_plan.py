@@ -306,6 +306,12 @@ def _listed_images(plan, options):
 def make_plan(manual_dir, options):
     """The Plan for ``manual_dir``; ManualDirError when it cannot be built."""
     plan = _make_plan(manual_dir, options)
+    if options.subset is not None:
+        listed = {synset or image_stem.split("_")[0] for synset, stems in options.subset.items() for image_stem in stems}
+        if not listed & set(plan.class_names):
+            raise _sources.ManualDirError(
+                f"the file list names no image of the {len(plan.class_names)} classes being built (its synsets: "
+                f"{sorted(listed)[:3]}); check that it belongs to this manual_dir")
     if options.images_per_class is None:  # with a cap, fewer images than listed is intended
         plan.listed_images = _listed_images(plan, options)
     return plan

@@ -153,9 +153,15 @@ def _read_class_list(class_list):
     return tuple(line.split()[0] for line in text.splitlines() if line.strip())
 
 
-def check_lists(config):
-    """Reads the class and file lists a config names; ConfigError or ManualDirError when they are unusable."""
-    _plan_options(config)
+def plan_build(manual_dir, config):
+    """The build's plan, made before TFDS creates anything; ConfigError or ManualDirError for bad input.
+
+    Pass it to the builder as ``given_plan`` so the archive is planned once.
+    """
+    plan = _plan.make_plan(manual_dir, _plan_options(config))
+    if not any(plan.items.values()):
+        raise ManualDirError(f"manual_dir {manual_dir} has no images of the selected classes")
+    return plan
 
 
 def _plan_options(config):
@@ -213,6 +219,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # written by _parallel's local process pool (same shards as with 1).
     # Set by bwtf.data.build; `tfds build` leaves it at 1.
     local_workers = 1
+    workers_used = 1  # local_workers capped by the work items and the CPUs, once a build ran
 
     def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
         # TFDS switches to Beam only when the examples come as a PTransform, and
@@ -234,8 +241,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     from None
         self._finish_report()
 
+    # A plan made by plan_build() before the build (bwtf.data.build sets it);
+    # `tfds build` leaves it None and the builder plans itself.
+    given_plan = None
+
     def _make_plan(self, dl_manager):
-        self._plan = _plan.make_plan(dl_manager.manual_dir, _plan_options(self.builder_config))
+        self._plan = self.given_plan or _plan.make_plan(dl_manager.manual_dir, _plan_options(self.builder_config))
         self.info.features["label"].names = self._plan.class_names
         if not any(self._plan.items.values()):
             raise ManualDirError(f"manual_dir {dl_manager.manual_dir} has no images of the selected classes")
@@ -258,7 +269,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             shard_config=download_config.get_shard_config(),
             report_dir=os.fspath(epath.Path(self.data_dir) / _PARTS_DIR),
             scratch_dir=os.fspath(epath.Path(self.data_path) / "_parallel_runs"))
-        split_infos = _parallel.write_splits(items_of_split, target, self.local_workers)
+        self.workers_used = _parallel.worker_count(self.local_workers, sum(map(len, items_of_split.values())))
+        split_infos = _parallel.write_splits(items_of_split, target, self.workers_used)
         self.info.set_splits(tfds.core.SplitDict(split_infos))
 
     def _generate_examples(self, items, report_dir):

@@ -54,7 +54,7 @@ class ClassItem:
     size: int
     selection: Selection
     boxes: dict
-    expected_size: int = 0  # median size of the split's synset tars: stands in for a cut tar's real size
+    typical_tars: tuple = ()  # (offset, size) of synset tars of median size in ``path``, for loss estimates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,17 +151,24 @@ class _TarClass:
             raise images.BadImageError(f"{ref.size} bytes, above the limit of {MAX_IMAGE_BYTES} bytes for an image")
         return self._region.read(ref)
 
-    def lost_estimate(self, expected_size):
-        """About how many images the damage cost: from the bytes it left unread and the mean image footprint.
+    def lost_estimate(self, item):
+        """About how many images the damage cost.
 
-        When the tar was cut short, the bytes it should have had are unknown;
-        ``expected_size`` (the median size of the other synset tars) stands in.
+        A tar of median size beside it (``item.typical_tars``) says how many
+        images a synset tar holds; scaled by this tar's size unless this tar
+        was cut short (then its real size is unknown). Without one, the bytes
+        left unread divided by the mean image footprint.
         """
         damage, region_size = self.damage, self._region.size
+        typical = [(offset, size) for offset, size in item.typical_tars if offset != item.offset][:1]
+        if typical:
+            offset, size = typical[0]
+            with archive.TarRegion(item.path, offset, size) as sibling:
+                count = len(sibling.members())
+            expected = count if damage.cut else count * region_size / max(1, size)
+            return max(1, round(expected - self.images_listed))
         footprint = self._region.listed_bytes / self.images_listed if self.images_listed else _TYPICAL_IMAGE_BYTES
-        end = max(region_size, expected_size) if damage.cut else region_size
-        missing = max(0, end - max(self._region.listed_bytes, damage.offset))
-        return max(1, round(missing / footprint))
+        return max(1, round((region_size - max(self._region.listed_bytes, damage.offset)) / footprint))
 
 
 @contextlib.contextmanager
@@ -258,11 +265,11 @@ def _class_examples(item, report):
 
 
 def _estimate_unreadable(item):
-    return max(1, round(max(item.size, item.expected_size) / _TYPICAL_IMAGE_BYTES))
+    return max(1, round(item.size / _TYPICAL_IMAGE_BYTES))
 
 
 def _report_damage(item, where, tar_class, report):
-    lost = tar_class.lost_estimate(item.expected_size)
+    lost = tar_class.lost_estimate(item)
     report.bad_images.append({
         "split": item.split, "file": where, "damaged_archive": True, "images": lost,
         "reason": f"synset tar damaged: {tar_class.damage.reason}; the {tar_class.images_listed} images before "

@@ -7,7 +7,6 @@ parallel, yields the same items.
 """
 import dataclasses
 import os
-import statistics
 import tarfile
 from typing import Optional
 
@@ -150,15 +149,16 @@ def _group_boxes(boxes):
 
 def _class_items(split, classes, names, words, boxes, selection_for):
     labels = {synset: index for index, synset in enumerate(names)}
-    tar_sizes = [c.size for c in classes if c.size >= 0]
-    expected_size = int(statistics.median(tar_sizes)) if tar_sizes else 0
+    tars = sorted((c.size, c.offset) for c in classes if c.size >= 0)
+    # Two tars of median size: the one that is not the damaged tar stands in for its lost contents.
+    typical = tuple((offset, size) for size, offset in tars[len(tars) // 2 : len(tars) // 2 + 2])
     items = []
     for source in sorted(classes, key=lambda c: c.synset):
         if source.synset in labels:
             items.append(_examples.ClassItem(
                 split, len(items), source.synset, labels[source.synset], words.get(source.synset, ""),
                 source.path, source.offset, source.size, selection_for(source.synset), boxes.get(source.synset, {}),
-                expected_size=expected_size))
+                typical_tars=typical))
     return items
 
 

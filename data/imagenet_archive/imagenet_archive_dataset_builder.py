@@ -234,11 +234,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             except AssertionError as error:
                 if "No examples were yielded" not in str(error):
                     raise
-                kept = self._write_report(self._report({}), failed=True)
+                report = self._report({})
+                kept = self._write_report(report, failed=True)
+                misses = [p["reason"] for p in report["problems"] if p["file"] == self.builder_config.file_list]
                 raise BadImagesError(
                     f"a split has no usable image: every image selected for it is damaged or left out "
-                    f"({bad_image_count(_load(kept))} damaged); nothing was written. The report is in {kept}") \
-                    from None
+                    f"({bad_image_count(report)} damaged{'; the file list ' + misses[0] if misses else ''}); "
+                    f"nothing was written. The report is in {kept}") from None
         self._finish_report()
 
     # A plan made by plan_build() before the build (bwtf.data.build sets it);
@@ -373,10 +375,6 @@ def _merge_parts(parts_dir):
 def bad_image_count(report):
     """Images lost to damage: one per bad image, the estimated contents of each damaged archive."""
     return sum(entry.get("images", 1) for entry in report.get("bad_images", []))
-
-
-def _load(path):
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def read_report(dataset_dir):

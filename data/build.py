@@ -54,6 +54,7 @@ class BuildSummary:
     seconds: float
     num_workers: int
     reused: bool
+    corrections: dict = dataclasses.field(default_factory=dict)  # box corrections counted by the build
 
     @property
     def images_per_second(self):
@@ -68,12 +69,33 @@ class BuildSummary:
             f"examples: {counts} (total {sum(self.examples.values())})",
             f"bad images skipped: {self.bad_images}; re-encoded: {self.reencoded}; "
             f"members skipped (links, duplicates, unsafe): {self.skipped_members}; other problems: {self.problems}",
+            *([f"boxes corrected: " + ", ".join(f"{what.replace('_', ' ')}: {n}"
+                                                for what, n in sorted(self.corrections.items()))]
+              if self.corrections else []),
             f"report: {os.path.join(self.dataset_dir, builder_lib.REPORT_FILE)}",
             (f"time: {self.seconds:.1f} s, nothing to build" if self.reused else
              f"time: {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, {self.num_workers} worker(s)"),
             f"train with: --dataset={self.dataset_name} --data_dir={self.data_dir}",
         ]
         return "\n".join(lines)
+
+
+def built_configs(data_dir, dataset=DATASET):
+    """The '<dataset>/<config>' values of every built config in data_dir (what --dataset= takes), sorted."""
+    from etils import epath
+
+    root = epath.Path(data_dir) / dataset
+    try:
+        return sorted(f"{dataset}/{config.name}" for config in root.iterdir()
+                      if config.is_dir() and any(config.glob("*/dataset_info.json")))
+    except (OSError, ValueError):
+        return []
+
+
+def configs_hint(data_dir, name):
+    """" Built here: --dataset=a, --dataset=b." for an error about a dataset ``name`` not found, or ""."""
+    found = built_configs(data_dir, name.split("/")[0].split(":")[0]) if data_dir else []
+    return f" Built here: {', '.join(f'--dataset={config}' for config in found)}." if found else ""
 
 
 def beam_options(num_workers, pipeline_options=None):
@@ -185,7 +207,7 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
         bad_images=builder_lib.bad_image_count(report), reencoded=len(report.get("reencoded", [])),
         skipped_members=len(report.get("skipped_members", [])), problems=len(report.get("problems", [])),
         layout=report.get("layout", "unknown"), notes=report.get("notes", ""),
-        seconds=seconds, num_workers=builder.workers_used, reused=reused)
+        seconds=seconds, num_workers=builder.workers_used, reused=reused, corrections=report.get("counts", {}))
 
 
 def _exit_bad_input(message):

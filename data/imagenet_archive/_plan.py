@@ -39,6 +39,7 @@ class Plan:
     problems: list  # (file, reason) tolerated while planning
     label_source: str = ""
     listed_images: int = 0  # images a file list names among the selected classes (0: no file list)
+    words: dict = dataclasses.field(default_factory=dict)  # synset -> words, from the words file or devkit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +241,8 @@ def _plan_ilsvrc(manual_dir, options):
         items["train"] = _class_items("train", classes, names, words, boxes, selection_for)
     if refs:
         items["validation"] = _validation_chunks(val_path, refs, val_labels, val_boxes, names, words, options, problems)
-    return Plan("ilsvrc2012", names, items, problems, f"validation labels from {source}" if source else "")
+    return Plan("ilsvrc2012", names, items, problems, f"validation labels from {source}" if source else "",
+                words=words)
 
 
 def _split_selections(manual_dir, options):
@@ -275,7 +277,7 @@ def _plan_tree(layout, manual_dir, classes, boxes, options, problems):
         del selections["validation"]  # nothing is held out: no validation split
     items = {split: _class_items(split, classes, names, words, boxes, selection_for)
              for split, selection_for in selections.items()}
-    return Plan(layout, names, items, problems, f"splits from {how}")
+    return Plan(layout, names, items, problems, f"splits from {how}", words=words)
 
 
 def _folder_classes(manual_dir, problems):

@@ -213,6 +213,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }),
             supervised_keys=("image", "label"),
             homepage="https://image-net.org/",
+            # Filled by the plan: "synsets" (the label names, in label order)
+            # and "words" (each label's words, "" when unknown), so that any
+            # program reads them with tfds.builder_from_directory(...).info.metadata.
+            metadata=tfds.core.MetadataDict(),
         )
 
     # Processes for a build without Beam options: above 1, the splits are
@@ -250,6 +254,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _make_plan(self, dl_manager):
         self._plan = self.given_plan or _plan.make_plan(dl_manager.manual_dir, _plan_options(self.builder_config))
         self.info.features["label"].names = self._plan.class_names
+        self.info.metadata.update(synsets=list(self._plan.class_names),
+                                  words=[self._plan.words.get(name, "") for name in self._plan.class_names])
         if not any(self._plan.items.values()):
             raise ManualDirError(f"manual_dir {dl_manager.manual_dir} has no images of the selected classes")
         return {split: items for split, items in self._plan.items.items() if items}

@@ -163,6 +163,15 @@ def _removing_what_a_failed_build_created(data_dir, dataset_dir):
         raise
 
 
+def _check_writable(data_dir):
+    """Creates data_dir if needed and proves a file can be written there, before TFDS starts."""
+    os.makedirs(data_dir, exist_ok=True)
+    probe = os.path.join(data_dir, f".bwtf-write-probe-{os.getpid()}")
+    with open(probe, "xb"):
+        pass
+    os.unlink(probe)
+
+
 def _check_version_folder(dataset_dir):
     """An empty version folder (a build killed early) is removed; one with files but no dataset_info.json is refused."""
     if not os.path.lexists(dataset_dir) or os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
@@ -186,6 +195,7 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
     config = builder_lib.make_config(**config_options)
     options = beam_options(num_workers, beam_pipeline_options)
     plan = builder_lib.plan_build(manual_dir, config)  # bad input fails before TFDS creates any folder
+    _check_writable(data_dir)
     # TFDS reads an existing version folder as soon as the builder is made.
     _check_version_folder(os.path.join(data_dir, DATASET, config.name, str(builder_lib.Builder.VERSION)))
     builder = builder_lib.Builder(config=builder_lib.config_for_builder(config), data_dir=data_dir)

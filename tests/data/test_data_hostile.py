@@ -326,7 +326,20 @@ def _bad_input_cases(tools, jpeg):
         ("version-folder-without-info", empty_version_with_file, "no dataset_info.json"),
         ("num-workers-zero", lambda m, t: ["--num_workers=0"], "num_workers"),
         ("manual-dir-missing", lambda m, t: [f"--manual_dir={t / 'nowhere'}"], "is not a directory"),
+        ("manual-dir-unreadable", lambda m, t: m.chmod(0) or [], "cannot be listed: Permission denied"),
+        ("data-dir-read-only", lambda m, t: (t / "ro").mkdir(mode=0o555) or [f"--data_dir={t / 'ro' / 'x'}"],
+         "Permission denied"),
     ]
+
+
+def _without_permission_bypass():
+    """A command prefix under which even root obeys file permissions (root ignores them otherwise)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
 
 
 @pytest.mark.slow
@@ -340,10 +353,52 @@ def test_bad_input_gets_exit_2_and_one_line(tiny_archives, tools, tmp_path, subt
             shutil.copytree(tiny_archives["ilsvrc2012"], manual_dir)
             flags = [f"--manual_dir={manual_dir}", f"--data_dir={case_dir / 'tfds'}"] + (change(manual_dir, case_dir)
                                                                                        or [])
-            done = subprocess.run(_BUILD + flags, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(_without_permission_bypass() + _BUILD + flags, capture_output=True, text=True,
+                                  timeout=300)
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2, done.stderr[-2000:]
             assert len(lines) == 1 and lines[0].startswith("bwtf.data.build: ") and expected in lines[0], lines
             written = [p for p in (case_dir / "tfds").rglob("*") if p.is_file() and p.name != "junk"] \
                 if (case_dir / "tfds").exists() else []
             assert written == []
+            manual_dir.chmod(0o755)
+
+
+def test_a_member_name_that_is_not_utf8_is_skipped_and_reported(tools, tmp_path):
+    info = tarfile.TarInfo(f"{SYNSET}_caf\udce9.JPEG")
+    info.size = 3
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        tar.addfile(info, io.BytesIO(b"abc"))
+    (tmp_path / "t.tar").write_bytes(buffer.getvalue())
+    with archive.TarRegion(tmp_path / "t.tar") as region:
+        assert region.members() == []
+    assert [u.reason for u in region.unsafe] == ["name is not UTF-8; ignored"]
+
+
+def test_a_truncated_inner_box_archive_is_reported_and_the_rest_kept(tiny_copy, tools, tmp_path):
+    manual_dir = tiny_copy("fall11")
+    path = manual_dir / "Annotation.tar.gz"
+    import gzip
+
+    members = tools.members(gzip.decompress(path.read_bytes()))
+    members = [(name, data[: len(data) // 2] if name == f"{SYNSET}.tar.gz" else data) for name, data in members]
+    path.write_bytes(gzip.compress(tools.tar_bytes(members)))
+    summary = tools.build(manual_dir, tmp_path / "tfds")
+    problems = builder_lib.read_report(summary.dataset_dir)["problems"]
+    assert any(p["file"].endswith(f"{SYNSET}.tar.gz") and "damaged archive" in p["reason"] for p in problems)
+    train = tools.examples(summary, "train")
+    assert all(e["bboxes"].shape[0] == 1 for name, e in train.items() if not name.startswith(SYNSET))
+
+
+def test_reversed_box_corners_are_swapped_and_counted(tiny_copy, tools, tmp_path):
+    manual_dir = tiny_copy("extracted")
+    xml = next((manual_dir / "Annotation" / SYNSET).iterdir())
+    text = xml.read_text()
+    start, end = text.index("<xmin>"), text.index("</xmax>")
+    xmin = text[start + 6 : text.index("</xmin>")]
+    xmax = text[text.index("<xmax>") + 6 : end]
+    xml.write_text(text.replace(f"<xmin>{xmin}</xmin>", f"<xmin>{xmax}</xmin>")
+                   .replace(f"<xmax>{xmax}</xmax>", f"<xmax>{xmin}</xmax>"))
+    summary = tools.build(manual_dir, tmp_path / "tfds")
+    assert summary.corrections == {"boxes_with_reversed_corners_swapped": 1}

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from bwtf.data import annotations
 from bwtf.data import archive
 from bwtf.data import images
+from bwtf.data import zip_archive
 from bwtf.data.imagenet_archive import _sources
 
 
@@ -276,11 +277,30 @@ def _report_damage(item, where, tar_class, report):
                   f"the damage are used, about {lost} after it are lost"})
 
 
+@contextlib.contextmanager
+def _member_reader(path):
+    """A function ref -> bytes for the members of a ChunkItem's ``path``: a tar, a zip or a folder."""
+    if os.path.isdir(path):
+        yield lambda ref: archive.read_regular_file(os.path.join(path, ref.name), MAX_IMAGE_BYTES)
+    elif path.endswith(".zip"):
+        with open(path, "rb") as raw:
+            yield lambda ref: zip_archive.read_member(raw, ref, MAX_IMAGE_BYTES)
+    else:
+        with archive.TarRegion(path) as region:
+            yield region.read
+
+
 def _chunk_examples(item, report):
-    with archive.TarRegion(item.path) as region:
+    separator = os.sep if os.path.isdir(item.path) else ":"
+    with _member_reader(item.path) as read:
         for ref, *labels in item.members:
-            source = f"{item.path}:{ref.name}"
-            example = _example(item.split, source, ref.name, region.read(ref), labels, item.boxes, report)
+            source = f"{item.path}{separator}{ref.name}"
+            try:
+                data = read(ref)
+            except (OSError, tarfile.ReadError, zip_archive.ZipError) as error:
+                report.bad_images.append({"split": item.split, "file": source, "reason": str(error)})
+                continue
+            example = _example(item.split, source, ref.name, data, labels, item.boxes, report)
             if example:
                 yield example
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 from bwtf.data import archive
 from bwtf.data.imagenet_archive import _examples
+from bwtf.data.imagenet_archive import _kaggle
 from bwtf.data.imagenet_archive import _sources
 
 ILSVRC_TRAIN = "ILSVRC2012_img_train.tar"
@@ -57,13 +58,17 @@ def ilsvrc_synsets():
 
 
 def detect_layout(manual_dir):
-    """"ilsvrc2012", "fall11" or "extracted"; ManualDirError naming everything looked for."""
+    """"ilsvrc2012", "fall11", "kaggle", "kaggle-tree" or "extracted"; ManualDirError naming everything looked for."""
     if not os.path.isdir(manual_dir):
         raise _sources.ManualDirError(f"manual_dir {manual_dir} is not a directory; pass the folder holding the archives")
     if any(os.path.isfile(os.path.join(manual_dir, n)) for n in (ILSVRC_TRAIN, ILSVRC_VAL)):
         return "ilsvrc2012"
     if any(os.path.isfile(os.path.join(manual_dir, n)) for n in FALL11_IMAGES):
         return "fall11"
+    if os.path.isfile(os.path.join(manual_dir, _kaggle.ZIP_NAME)):
+        return "kaggle"
+    if _kaggle.is_tree(manual_dir):
+        return "kaggle-tree"
     try:
         names = os.listdir(manual_dir)
     except OSError as error:
@@ -75,6 +80,7 @@ def detect_layout(manual_dir):
         f"manual_dir {manual_dir} holds no ImageNet archive. Looked for: ILSVRC2012 layout "
         f"({ILSVRC_TRAIN} and/or {ILSVRC_VAL}); fall 2011 layout ({' or '.join(FALL11_IMAGES)}, with "
         f"optional {_sources.FALL11_ANNOTATIONS}, words.txt, {SPLIT_LISTS['train']}, {SPLIT_LISTS['validation']}); "
+        f"Kaggle layout ({_kaggle.ZIP_NAME}, or its unzipped {_kaggle.IMAGES}/ and LOC_*.csv); "
         "extracted layout (folders <synset>/*.JPEG such as n01440764/, with optional Annotation/<synset>/*.xml). "
         f"Found: {', '.join(sorted(names)) or 'nothing'}.")
 
@@ -226,11 +232,9 @@ def _plan_ilsvrc(manual_dir, options):
         val_labels, val_boxes, source = _sources.validation_labels(manual_dir, stems, problems)
     val_synsets = {val_labels[s] for s in map(_sources.stem, (r.name for r in refs)) if s in val_labels}
     train_synsets = {c.synset for c in classes}
-    if train_synsets:
-        # A label source naming a synset the train archive lacks adds a class
-        # without training images: kept (labels must follow the source), but reported.
-        problems.extend((val_path, f"validation labels name {s}, which has no training images; it becomes a class "
-                                   "with validation images only") for s in sorted(val_synsets - train_synsets))
+    # A label source naming a synset the train archive lacks adds a class
+    # without training images: kept (labels must follow the source), but reported.
+    _validation_only_synsets(val_path, train_synsets, val_synsets, problems)
     present = train_synsets | val_synsets
     names = _class_names(present, options)
     words = _sources.read_words(manual_dir)
@@ -243,6 +247,63 @@ def _plan_ilsvrc(manual_dir, options):
         items["validation"] = _validation_chunks(val_path, refs, val_labels, val_boxes, names, words, options, problems)
     return Plan("ilsvrc2012", names, items, problems, f"validation labels from {source}" if source else "",
                 words=words)
+
+
+def _validation_only_synsets(path, train_synsets, val_synsets, problems):
+    """Reports synsets the validation labels name that have no training images (see _plan_ilsvrc)."""
+    if train_synsets:
+        problems.extend((path, f"validation labels name {s}, which has no training images; it becomes a class "
+                               "with validation images only") for s in sorted(val_synsets - train_synsets))
+
+
+def _zip_train_chunks(sources, names, boxes, options, problems):
+    """ChunkItems of the zip's train members, selected per class as a synset tar's would be."""
+    labels = {synset: index for index, synset in enumerate(names)}
+    members = []
+    for synset in sorted(set(sources.train) & set(labels)):
+        by_name = {}
+        for ref in sources.train[synset]:
+            if archive.base_name(ref.name) in by_name:
+                problems.append((f"{sources.container}:{ref.name}", "another member has the same file name; "
+                                                                    "only the first is used"))
+            else:
+                by_name[archive.base_name(ref.name)] = ref
+        selection = _examples.Selection(subset_stems=_subset_of(options, synset),
+                                        images_per_class=options.images_per_class)
+        word = sources.words.get(synset, "")
+        members += [(by_name[name], synset, labels[synset], word) for name in _examples.select(by_name, selection)]
+    chunks = []
+    for start in range(0, len(members), _CHUNK):
+        chunk = tuple(members[start : start + _CHUNK])
+        chunk_boxes = {_sources.stem(m[0].name): boxes[m[1]][_sources.stem(m[0].name)] for m in chunk
+                       if _sources.stem(m[0].name) in boxes.get(m[1], {})}
+        chunks.append(_examples.ChunkItem("train", len(chunks), sources.container, chunk, chunk_boxes))
+    return chunks
+
+
+def _plan_kaggle(manual_dir, layout, options):
+    problems, items = [], {}
+    if layout == "kaggle":
+        sources = _kaggle.read_zip(os.path.join(manual_dir, _kaggle.ZIP_NAME), problems)
+    else:
+        sources = _kaggle.read_tree(manual_dir, problems)
+    val_synsets = {sources.val_labels[s] for s in (_sources.stem(r.name) for r in sources.val_refs)
+                   if s in sources.val_labels}
+    _validation_only_synsets(sources.val_path, set(sources.train), val_synsets, problems)
+    names = _class_names(set(sources.train) | val_synsets, options)
+    boxes = _group_boxes(sources.train_boxes)
+    if sources.train and layout == "kaggle":
+        items["train"] = _zip_train_chunks(sources, names, boxes, options, problems)
+    elif sources.train:
+        selection_for = lambda synset: _examples.Selection(
+            subset_stems=_subset_of(options, synset), images_per_class=options.images_per_class)
+        classes = [_ClassSource(synset, path) for synset, path in sources.train.items()]
+        items["train"] = _class_items("train", classes, names, sources.words, boxes, selection_for)
+    if sources.val_refs:
+        items["validation"] = _validation_chunks(sources.val_path, sources.val_refs, sources.val_labels,
+                                                 sources.val_boxes, names, sources.words, options, problems)
+    return Plan(layout, names, items, problems, f"validation labels from {sources.label_source}",
+                words=sources.words)
 
 
 def _split_selections(manual_dir, options):
@@ -326,6 +387,8 @@ def _make_plan(manual_dir, options):
         raise _sources.ManualDirError(f"class_set must be one of {CLASS_SETS}, found {options.class_set!r}")
     if layout == "ilsvrc2012":
         return _plan_ilsvrc(manual_dir, options)
+    if layout in ("kaggle", "kaggle-tree"):
+        return _plan_kaggle(manual_dir, layout, options)
     problems = []
     if layout == "fall11":
         path = next(os.path.join(manual_dir, n) for n in FALL11_IMAGES if os.path.isfile(os.path.join(manual_dir, n)))

@@ -52,6 +52,11 @@ def read_text(path, what):
         data = archive.read_regular_file(os.path.realpath(path), MAX_TEXT_BYTES)
     except OSError as error:
         raise ManualDirError(f"{what} {path} cannot be read: {error.strerror or error}") from None
+    return decode_text(data, path, what)
+
+
+def decode_text(data, path, what):
+    """``data`` decoded as UTF-8; ManualDirError naming the byte offset and line otherwise."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -61,7 +66,7 @@ def read_text(path, what):
             f"(line {line}); convert it with iconv -f latin1 -t utf-8, or fix that line") from None
 
 
-def _words_from_text(text):
+def words_from_text(text):
     words = {}
     for line in text.splitlines():
         parts = line.strip().split(None, 1)
@@ -75,7 +80,7 @@ def read_words(manual_dir):
     for name in WORDS_FILES:
         path = os.path.join(manual_dir, name)
         if os.path.lexists(path):
-            return _words_from_text(read_text(path, "synset words file"))
+            return words_from_text(read_text(path, "synset words file"))
     devkit = os.path.join(manual_dir, DEVKIT)
     if os.path.lexists(devkit):
         return {wnid: words for wnid, (_, words) in _devkit_synsets(devkit).items()}
@@ -97,7 +102,8 @@ def _merge_annotation(boxes, problems, key, annotation, file_label):
     problems.append((file_label, f"describes the same image as {previous_label}; the boxes of both are kept"))
 
 
-def _parse_into(boxes, problems, file_label, data):
+def parse_into(boxes, problems, file_label, data):
+    """Adds the annotation in ``data`` to ``boxes`` ({stem: (Annotation, first file)}); problems are appended."""
     try:
         _merge_annotation(boxes, problems, stem(file_label), annotations.parse(data), file_label)
     except annotations.AnnotationError as error:
@@ -112,7 +118,7 @@ def _is_xml(name):
     return name.endswith(".xml")
 
 
-def _without_sources(boxes):
+def without_sources(boxes):
     return {key: annotation for key, (annotation, _) in boxes.items()}
 
 
@@ -127,38 +133,48 @@ def read_tar_annotations(path, problems):
     try:
         for outer_name, inner_name, data in archive.iter_nested_streams(
                 os.path.realpath(path), unsafe, wanted=_is_xml):
-            _parse_into(boxes, problems, f"{path}:{inner_name or outer_name}", data)
+            parse_into(boxes, problems, f"{path}:{inner_name or outer_name}", data)
     except (tarfile.ReadError, OSError) as error:
         raise ManualDirError(f"box archive {path} cannot be read ({error}); re-download or re-copy it, "
                              "or remove it to build without its boxes") from None
     _unsafe_problems(problems, path, unsafe)
-    return _without_sources(boxes)
+    return without_sources(boxes)
 
 
-def read_folder_annotations(folder, problems):
-    """{stem: Annotation} from <folder>/<synset>/*.xml (the extracted layout); links are skipped and reported."""
+def _link_problem(path):
+    return (path, "a symbolic link; the extracted layout does not follow links")
+
+
+def _read_xml_folder(folder, boxes, problems):
+    """Parses every <folder>/*.xml into ``boxes``; links and special files are reported, never read."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not _is_xml(entry.name):
+            continue
+        try:
+            data = archive.read_regular_file(entry.path, archive.MAX_SIDE_MEMBER_BYTES)
+        except OSError as error:
+            problems.append((entry.path, str(error) if isinstance(error, archive.UnsafeFileError)
+                             else f"cannot be read: {error.strerror or error}"))
+            continue
+        parse_into(boxes, problems, entry.path, data)
+
+
+def read_folder_annotations(folder, problems, flat=False):
+    """{stem: Annotation} from <folder>/<synset>/*.xml (or <folder>/*.xml when ``flat``); links are reported."""
     boxes = {}
+    if os.path.islink(folder):
+        problems.append(_link_problem(folder))
     if not os.path.isdir(folder) or os.path.islink(folder):
-        if os.path.islink(folder):
-            problems.append((folder, "a symbolic link; the extracted layout does not follow links"))
         return boxes
+    if flat:
+        _read_xml_folder(folder, boxes, problems)
+        return without_sources(boxes)
     for synset_entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if synset_entry.is_symlink():
-            problems.append((synset_entry.path, "a symbolic link; the extracted layout does not follow links"))
-            continue
-        if not synset_entry.is_dir(follow_symlinks=False):
-            continue
-        for entry in sorted(os.scandir(synset_entry.path), key=lambda e: e.name):
-            if not _is_xml(entry.name):
-                continue
-            try:
-                data = archive.read_regular_file(entry.path, archive.MAX_SIDE_MEMBER_BYTES)
-            except OSError as error:
-                problems.append((entry.path, str(error) if isinstance(error, archive.UnsafeFileError)
-                                 else f"cannot be read: {error.strerror or error}"))
-                continue
-            _parse_into(boxes, problems, entry.path, data)
-    return _without_sources(boxes)
+            problems.append(_link_problem(synset_entry.path))
+        elif synset_entry.is_dir(follow_symlinks=False):
+            _read_xml_folder(synset_entry.path, boxes, problems)
+    return without_sources(boxes)
 
 
 def _devkit_synsets(path, members=None):
@@ -216,8 +232,13 @@ def _solution_boxes(path, line, tokens):
 
 def _loc_solution(path):
     """({stem: synset}, {stem: Annotation in pixels}) from LOC_val_solution.csv."""
+    return loc_solution_text(read_text(path, "validation solution"), path)
+
+
+def loc_solution_text(text, path):
+    """({stem: synset}, {stem: Annotation in pixels}) from the text of LOC_val_solution.csv found at ``path``."""
     labels, boxes = {}, {}
-    reader = csv.DictReader(io.StringIO(read_text(path, "validation solution"), newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
             raise ManualDirError(f"{path}: expected the header 'ImageId,PredictionString', found "

@@ -5,8 +5,8 @@
         --config='{"name": "present-100", "class_set": "present", "images_per_class": 100}'
     python -m bwtf.data.build --manual_dir=M --data_dir=D --num_workers=2   # 2 local processes
 
-The layout (ILSVRC2012 tars, fall 2011 ``Images.tar``, or an extracted
-``<synset>/*.JPEG`` tree) is detected from manual_dir. Planning reads only
+The layout (ILSVRC2012 tars, fall 2011 ``Images.tar``, the Kaggle zip or its
+unzipped tree, or an extracted ``<synset>/*.JPEG`` tree) is detected from manual_dir. Planning reads only
 tar headers and side files; the images are then read item by item (a synset
 tar, a folder, a chunk of the validation tar), either in this process, in a
 local process pool (``local_workers`` above 1, see ``_parallel``), or in
@@ -186,12 +186,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # tfds.load like a registered one.
     BUILDER_CONFIGS = [make_config()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-    manual_dir holds ImageNet as downloaded, in one of three layouts:
+    manual_dir holds ImageNet as downloaded, in one of four layouts:
     * ILSVRC2012: ILSVRC2012_img_train.tar and/or ILSVRC2012_img_val.tar; optional
       ILSVRC2012_bbox_train_v2.tar.gz, ILSVRC2012_bbox_val_v3.tgz, ILSVRC2012_devkit_t12.tar.gz,
       LOC_val_solution.csv, LOC_synset_mapping.txt or words.txt.
     * fall 2011: Images.tar or fall11_whole.tar; optional Annotation.tar.gz, words.txt,
       train_list.txt and validation_list.txt (lines '<synset> <image>').
+    * Kaggle: imagenet-object-localization-challenge.zip (read in place), or its unzipped
+      ILSVRC/Data/CLS-LOC/{train,val}, ILSVRC/Annotations/CLS-LOC/{train,val}, LOC_val_solution.csv,
+      LOC_synset_mapping.txt.
     * extracted: <synset>/*.JPEG folders; optional Annotation/<synset>/*.xml, words.txt and the lists.
     Register at https://image-net.org/download-images to get the archives.
     """

@@ -42,6 +42,8 @@ _REQUIRED = [
     "fsspec>=2023.12.0",
     "gcsfs>=2023.12.0",
     "defusedxml>=0.7.1,<1",
+    # The ILSVRC2012 devkit's meta.mat (validation labels, synset words) is a MATLAB file.
+    "scipy>=1.10,<2",
     # Hardware CRC32C for checkpoint manifests (bwtf.ckpt falls back to zlib's CRC32).
     "google-crc32c>=1.5.0",
 ]

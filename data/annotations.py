@@ -9,6 +9,7 @@ Deliberately left out: object names other than as a validation label source,
 and the ``difficult``/``truncated`` flags (ImageNet does not use them).
 """
 import dataclasses
+import math
 import xml.etree.ElementTree
 
 import defusedxml
@@ -38,9 +39,12 @@ def _number(element, path):
     if text is None:
         raise AnnotationError(f"missing <{path}>")
     try:
-        return float(text.strip())
+        value = float(text.strip())
     except ValueError:
-        raise AnnotationError(f"<{path}> should be a number, found {text.strip()!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise AnnotationError(f"<{path}> should be a finite number, found {text.strip()[:40]!r}")
+    return value
 
 
 def _size(root):
@@ -62,6 +66,8 @@ def parse(data):
         raise AnnotationError(f"unsafe XML refused ({type(error).__name__})") from None
     except xml.etree.ElementTree.ParseError as error:
         raise AnnotationError(f"malformed XML: {error}") from None
+    except (LookupError, ValueError) as error:  # an unknown or unsupported declared encoding
+        raise AnnotationError(f"XML in an encoding that cannot be read: {error}") from None
     boxes, names = [], []
     for obj in root.iter("object"):
         box = obj.find("bndbox")
@@ -88,3 +94,22 @@ def normalized_boxes(annotation, image_width, image_height):
         if xmax > xmin and ymax > ymin:
             result.append((ymin, xmin, ymax, xmax))
     return result
+
+
+def of_synset(annotation, synset):
+    """(annotation with only the objects named ``synset`` or unnamed, number of objects dropped).
+
+    An image's XML can also box objects of other synsets (a kit fox next to a
+    sheepdog); as in Inception's box processing, only the image's own synset
+    is kept, so a crop from any stored box shows the labelled object.
+    """
+    kept = [(box, name) for box, name in zip(annotation.boxes, annotation.names) if not name or name == synset]
+    dropped = len(annotation.boxes) - len(kept)
+    if not dropped:
+        return annotation, 0
+    return dataclasses.replace(annotation, boxes=tuple(b for b, _ in kept), names=tuple(n for _, n in kept)), dropped
+
+
+def reversed_corners(annotation):
+    """How many boxes give their corners the wrong way round (xmin > xmax or ymin > ymax); they are swapped."""
+    return sum(1 for xmin, ymin, xmax, ymax in annotation.boxes if xmin > xmax or ymin > ymax)

@@ -3,8 +3,8 @@
     python -m bwtf.data.build --manual_dir=/lustre/imagenet --data_dir=/lustre/tfds \\
         [--num_workers=8] [--class_set=present] [--images_per_class=100] [--flagfile=build.flags]
 
-With --num_workers above 1 on one node, that many local processes read,
-encode and write the shards (the builder's ``_parallel`` engine); the files
+With --num_workers above 1 on one node, that many local processes (at most
+one per work item and per CPU this process may use) read, encode and write the shards (the builder's ``_parallel`` engine); the files
 are identical to a sequential build's. With --beam_pipeline_options
 (e.g. "runner=FlinkRunner,..." for several nodes, or "runner=DirectRunner,
 direct_num_workers=4,direct_running_mode=multi_processing") the build runs
@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import signal
 import sys
 import time
 
@@ -53,6 +54,7 @@ class BuildSummary:
     seconds: float
     num_workers: int
     reused: bool
+    corrections: dict = dataclasses.field(default_factory=dict)  # box corrections counted by the build
 
     @property
     def images_per_second(self):
@@ -66,11 +68,34 @@ class BuildSummary:
             f"layout: {self.layout}" + (f"; {self.notes}" if self.notes else ""),
             f"examples: {counts} (total {sum(self.examples.values())})",
             f"bad images skipped: {self.bad_images}; re-encoded: {self.reencoded}; "
-            f"unsafe tar members skipped: {self.skipped_members}; other problems: {self.problems}",
+            f"members skipped (links, duplicates, unsafe): {self.skipped_members}; other problems: {self.problems}",
+            *([f"boxes corrected: " + ", ".join(f"{what.replace('_', ' ')}: {n}"
+                                                for what, n in sorted(self.corrections.items()))]
+              if self.corrections else []),
             f"report: {os.path.join(self.dataset_dir, builder_lib.REPORT_FILE)}",
-            f"time: {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, {self.num_workers} worker(s)",
+            (f"time: {self.seconds:.1f} s, nothing to build" if self.reused else
+             f"time: {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, {self.num_workers} worker(s)"),
+            f"train with: --dataset={self.dataset_name} --data_dir={self.data_dir}",
         ]
         return "\n".join(lines)
+
+
+def built_configs(data_dir, dataset=DATASET):
+    """The '<dataset>/<config>' values of every built config in data_dir (what --dataset= takes), sorted."""
+    from etils import epath
+
+    root = epath.Path(data_dir) / dataset
+    try:
+        return sorted(f"{dataset}/{config.name}" for config in root.iterdir()
+                      if config.is_dir() and any(config.glob("*/dataset_info.json")))
+    except (OSError, ValueError):
+        return []
+
+
+def configs_hint(data_dir, name):
+    """" Built here: --dataset=a, --dataset=b." for an error about a dataset ``name`` not found, or ""."""
+    found = built_configs(data_dir, name.split("/")[0].split(":")[0]) if data_dir else []
+    return f" Built here: {', '.join(f'--dataset={config}' for config in found)}." if found else ""
 
 
 def beam_options(num_workers, pipeline_options=None):
@@ -104,30 +129,59 @@ def beam_options(num_workers, pipeline_options=None):
     return options
 
 
-@contextlib.contextmanager
-def _removing_new_empty_folders(folder, stop_at):
-    """On failure, removes ``folder`` and its parents below ``stop_at`` if they were created empty.
-
-    TFDS creates <data_dir>/imagenet_archive/<config>/ before it starts; a
-    build that fails must not leave those behind as if something was built.
-    """
-    existing = set()
-    path = folder
-    while path.startswith(stop_at) and path != stop_at:
-        if os.path.isdir(path):
-            existing.add(path)
+def _created_by_tfds(data_dir, dataset_dir):
+    """What TFDS may create for a build: its folders up to the version folder, downloads/, .config/."""
+    folders = []
+    path = os.path.dirname(dataset_dir)
+    while path.startswith(data_dir + os.sep):
+        folders.append(path)
         path = os.path.dirname(path)
+    downloads = os.path.join(data_dir, "downloads")
+    return folders, [os.path.join(downloads, "extracted"), downloads], [
+        os.path.join(data_dir, DATASET, ".config", "metadata.json"), os.path.join(data_dir, DATASET, ".config")]
+
+
+@contextlib.contextmanager
+def _removing_what_a_failed_build_created(data_dir, dataset_dir):
+    """On failure, removes what TFDS created before it failed: empty folders and its .config metadata.
+
+    TFDS creates <data_dir>/imagenet_archive/<config>/, downloads/ and
+    .config/ before it starts; a build that fails must not leave those behind
+    as if something was built. Only what did not exist before is removed, and
+    folders only when empty, so another build's files are never touched.
+    """
+    config_folders, download_folders, metadata = _created_by_tfds(data_dir, dataset_dir)
+    existing = {path for path in config_folders + download_folders + metadata if os.path.lexists(path)}
     try:
         yield
     except BaseException:
-        path = folder
-        while path.startswith(stop_at) and path != stop_at and path not in existing:
-            try:
-                os.rmdir(path)  # only succeeds when empty
-            except OSError:
-                break
-            path = os.path.dirname(path)
+        for path in [*config_folders, *download_folders, *metadata, os.path.join(data_dir, DATASET)]:
+            if path in existing or not os.path.lexists(path):
+                continue
+            with contextlib.suppress(OSError):
+                os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
         raise
+
+
+def _check_writable(data_dir):
+    """Creates data_dir if needed and proves a file can be written there, before TFDS starts."""
+    os.makedirs(data_dir, exist_ok=True)
+    probe = os.path.join(data_dir, f".bwtf-write-probe-{os.getpid()}")
+    with open(probe, "xb"):
+        pass
+    os.unlink(probe)
+
+
+def _check_version_folder(dataset_dir):
+    """An empty version folder (a build killed early) is removed; one with files but no dataset_info.json is refused."""
+    if not os.path.lexists(dataset_dir) or os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
+        return
+    if os.path.isdir(dataset_dir) and not os.path.islink(dataset_dir) and not os.listdir(dataset_dir):
+        os.rmdir(dataset_dir)
+        return
+    raise builder_lib.ConfigError(
+        f"{dataset_dir} exists but holds no dataset_info.json (a build that did not finish?); "
+        "move it away or delete it, then build again")
 
 
 def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=None, **config_options):
@@ -140,23 +194,36 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
     manual_dir, data_dir = os.path.abspath(manual_dir), os.path.abspath(data_dir)
     config = builder_lib.make_config(**config_options)
     options = beam_options(num_workers, beam_pipeline_options)
-    builder_lib.detect_layout(manual_dir)  # fails before TFDS creates any folder
+    plan = builder_lib.plan_build(manual_dir, config)  # bad input fails before TFDS creates any folder
+    _check_writable(data_dir)
+    # TFDS reads an existing version folder as soon as the builder is made.
+    _check_version_folder(os.path.join(data_dir, DATASET, config.name, str(builder_lib.Builder.VERSION)))
     builder = builder_lib.Builder(config=builder_lib.config_for_builder(config), data_dir=data_dir)
+    dataset_dir = str(builder.data_dir)
+    if not os.path.realpath(dataset_dir).startswith(os.path.realpath(data_dir) + os.sep):
+        raise builder_lib.ConfigError(f"the dataset folder {dataset_dir} would be outside data_dir {data_dir}")
     builder.local_workers = num_workers if options is None else 1
-    reused = os.path.isdir(builder.data_dir)
+    builder.given_plan = plan
+    reused = os.path.isdir(dataset_dir)
     start = time.monotonic()
-    with _removing_new_empty_folders(os.path.dirname(str(builder.data_dir)), stop_at=data_dir):
+    with _removing_what_a_failed_build_created(data_dir, dataset_dir):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=manual_dir, beam_options=options))
     seconds = time.monotonic() - start
     report = builder_lib.read_report(builder.data_dir) or {}
     return BuildSummary(
-        dataset_name=f"{DATASET}/{config.name}", data_dir=data_dir, dataset_dir=str(builder.data_dir),
+        dataset_name=f"{DATASET}/{config.name}", data_dir=data_dir, dataset_dir=dataset_dir,
         examples={name: split.num_examples for name, split in builder.info.splits.items()},
-        bad_images=len(report.get("bad_images", [])), reencoded=len(report.get("reencoded", [])),
+        bad_images=builder_lib.bad_image_count(report), reencoded=len(report.get("reencoded", [])),
         skipped_members=len(report.get("skipped_members", [])), problems=len(report.get("problems", [])),
         layout=report.get("layout", "unknown"), notes=report.get("notes", ""),
-        seconds=seconds, num_workers=num_workers, reused=reused)
+        seconds=seconds, num_workers=builder.workers_used, reused=reused, corrections=report.get("counts", {}))
+
+
+def _exit_bad_input(message):
+    """Exit code 2 (bad input) with one line on stderr."""
+    print(f"bwtf.data.build: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv, program_flags):
@@ -165,7 +232,15 @@ def main(argv, program_flags):
     try:
         summary = build_dataset(**program_flags.build_arguments())
     except USER_ERRORS as error:
-        sys.exit(f"bwtf.data.build: {error}")
+        _exit_bad_input(str(error))
+    except OSError as error:  # an unreadable manual_dir file, a read-only or full data_dir
+        where = f" {error.filename}" if error.filename else ""
+        _exit_bad_input(f"cannot read or write{where}: {error.strerror or error}; "
+                        "check the permissions and free space of manual_dir and data_dir")
+    except KeyboardInterrupt:
+        print("bwtf.data.build: stopped before the end; the workers were stopped and nothing was written",
+              file=sys.stderr)
+        sys.exit(130)
     print(summary.text())
 
 
@@ -176,7 +251,14 @@ def run():
 
     flags.mark_flags_as_required(["manual_dir", "data_dir"])
     bwtf.show_program_flags_in_help()
+    # SIGTERM (scancel, a batch system's time limit, kill) unwinds like Ctrl-C,
+    # so the worker processes are stopped and partial files removed.
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     app.run(functools.partial(main, program_flags=_build_flags))
+
+
+def _raise_interrupted(signum, _frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 if __name__ == "__main__":

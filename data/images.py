@@ -25,9 +25,12 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers that stand alone, without a length field.
 _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
 _START_OF_SCAN = 0xDA
-# Writers pad after EOI now and then; the EOI must be near the end, not at it.
-_EOI_SEARCH_TAIL = 4096
 REENCODE_QUALITY = 95
+# A header may claim any size: a 633-byte JPEG can declare 50000 x 50000
+# pixels, which TensorFlow refuses to decode at training time ("Image too
+# large"). Pillow's decompression-bomb limit; ImageNet's largest images are
+# far below it.
+MAX_PIXELS = 89_478_485
 
 
 class BadImageError(ValueError):
@@ -79,7 +82,9 @@ def _jpeg_info(data):
         raise BadImageError(f"JPEG ends after {len(data)} bytes, before its image data starts (truncated)")
     if frame is None:
         raise BadImageError("JPEG has no frame header (SOF), so its size is unknown")
-    if _JPEG_EOI not in data[-_EOI_SEARCH_TAIL:]:
+    # Entropy-coded data never holds FF D9 (FF is byte-stuffed), so an EOI
+    # after the scan start marks the end whatever trailing bytes follow it.
+    if data.rfind(_JPEG_EOI, position) < 0:
         raise BadImageError(f"JPEG of {len(data)} bytes has no end-of-image marker (truncated)")
     width, height, channels = frame
     return ImageInfo("jpeg", width, height, channels)
@@ -111,6 +116,9 @@ def inspect(data):
         raise BadImageError(f"not a JPEG, PNG, GIF or BMP image (starts with {data[:8]!r})")
     if info.width <= 0 or info.height <= 0:
         raise BadImageError(f"{info.format.upper()} header gives an empty size {info.width}x{info.height}")
+    if info.width * info.height > MAX_PIXELS:
+        raise BadImageError(f"{info.format.upper()} header declares {info.width}x{info.height} pixels, above the "
+                            f"limit of {MAX_PIXELS} (a decompression bomb, or an image training could not decode)")
     return info
 
 

@@ -1,6 +1,6 @@
 """Writes a small real-data ImageNet-style archive for the demo and the tests.
 
-    python -m bwtf.data.sample_archive --out=/tmp/manual [--layout=ilsvrc2012|fall11|extracted]
+    python -m bwtf.data.sample_archive --out=/tmp/manual [--layout=ilsvrc2012|fall11|extracted|kaggle|kaggle-tree]
         [--source=DIR] [--images_per_class=N]
 
 By default the images are scikit-learn's bundled handwritten digits (1,797
@@ -28,13 +28,14 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import zipfile
 
 from absl import app
 from absl import flags
 
 import bwtf
 
-LAYOUTS = ("ilsvrc2012", "fall11", "extracted")
+LAYOUTS = ("ilsvrc2012", "fall11", "extracted", "kaggle", "kaggle-tree")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _UPSCALE = 8  # 8x8 digits -> 64x64 images
 _VALIDATION_EVERY = 5
@@ -186,7 +187,41 @@ def _write_extracted(out, images, words):
     _write_split_lists(out, images, words)
 
 
-_WRITERS = {"ilsvrc2012": _write_ilsvrc2012, "fall11": _write_fall11, "extracted": _write_extracted}
+def _kaggle_members(images, words):
+    """(name, bytes) of the Kaggle download, in its own layout; the validation names are the ILSVRC2012 ones."""
+    train = [i for i in images if not i.is_validation]
+    val = [i for i in images if i.is_validation]
+    val_names = [f"ILSVRC2012_val_{n:08d}" for n in range(1, len(val) + 1)]
+    members = [(f"ILSVRC/Data/CLS-LOC/train/{i.synset}/{i.stem}.JPEG", i.jpeg) for i in train]
+    members += [(f"ILSVRC/Annotations/CLS-LOC/train/{i.synset}/{i.stem}.xml", _bbox_xml(i, i.stem)) for i in train]
+    members += [(f"ILSVRC/Data/CLS-LOC/val/{n}.JPEG", i.jpeg) for n, i in zip(val_names, val)]
+    members += [(f"ILSVRC/Annotations/CLS-LOC/val/{n}.xml", _bbox_xml(i, n)) for n, i in zip(val_names, val)]
+    members += [(f"ILSVRC/Data/CLS-LOC/test/ILSVRC2012_test_{n:08d}.JPEG", i.jpeg) for n, i in enumerate(val[:2], 1)]
+    rows = ["ImageId,PredictionString"] + [f"{n},{i.synset} {' '.join(map(str, i.box))}" for n, i in zip(val_names, val)]
+    members += [("LOC_val_solution.csv", ("\n".join(rows) + "\n").encode()),
+                ("LOC_synset_mapping.txt", "".join(f"{s} {w}\n" for s, w in sorted(words.items())).encode()),
+                ("LOC_sample_submission.csv", b"ImageId,PredictionString\n")]
+    return members
+
+
+def _write_kaggle(out, images, words):
+    from bwtf.data.imagenet_archive import _kaggle
+
+    with zipfile.ZipFile(out / _kaggle.ZIP_NAME, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in _kaggle_members(images, words):
+            bundle.writestr(zipfile.ZipInfo(name, date_time=(2019, 1, 1, 0, 0, 0)), data,
+                            compress_type=zipfile.ZIP_DEFLATED)
+
+
+def _write_kaggle_tree(out, images, words):
+    for name, data in _kaggle_members(images, words):
+        path = out.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+_WRITERS = {"ilsvrc2012": _write_ilsvrc2012, "fall11": _write_fall11, "extracted": _write_extracted,
+            "kaggle": _write_kaggle, "kaggle-tree": _write_kaggle_tree}
 
 
 def write_sample_archive(out_dir, layout="ilsvrc2012", source=None, images_per_class=None):

@@ -53,6 +53,12 @@ class DatasetMetadata:
     num_files: dict
 
 
+def _configs_hint(dataset_config):
+    from bwtf.data import build as data_build  # the configs a build wrote, e.g. present-per_class_100
+
+    return data_build.configs_hint(dataset_config.data_dir, dataset_config.name)
+
+
 def _builder(dataset_config):
     import tensorflow_datasets as tfds  # Seconds to import; only real data needs it.
 
@@ -65,7 +71,7 @@ def _builder(dataset_config):
         raise DatasetError(
             f"data_dir {dataset_config.data_dir} does not contain the dataset {dataset_config.name!r} "
             f"(looked for {expected}). Build it first (python -m bwtf.data.build) or point --data_dir "
-            "at the folder that holds it.")
+            "at the folder that holds it." + _configs_hint(dataset_config))
     try:
         return tfds.builder(dataset_config.name, data_dir=dataset_config.data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -86,7 +92,8 @@ def dataset_metadata(dataset_config, splits=None, split_flag="--train_split/--ev
         raise DatasetError(
             f"data_dir {dataset_config.data_dir} does not contain the dataset "
             f"{dataset_config.name!r} (looked for {builder.data_dir}). Build it first "
-            "(python -m bwtf.data.build) or point --data_dir at the folder that holds it.")
+            "(python -m bwtf.data.build) or point --data_dir at the folder that holds it."
+            + _configs_hint(dataset_config))
     features = builder.info.features
     missing = [name for name in _REQUIRED_FEATURES if name not in features]
     if missing:

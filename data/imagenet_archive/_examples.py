@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from bwtf.data import annotations
 from bwtf.data import archive
 from bwtf.data import images
+from bwtf.data import zip_archive
 from bwtf.data.imagenet_archive import _sources
 
 
@@ -54,6 +55,7 @@ class ClassItem:
     size: int
     selection: Selection
     boxes: dict
+    typical_tars: tuple = ()  # (offset, size) of synset tars of median size in ``path``, for loss estimates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,30 +94,82 @@ def select(names, selection):
     return names
 
 
+MAX_IMAGE_BYTES = 128 << 20  # the largest ImageNet JPEG is about 15 MB
+# ILSVRC2012's train tar: 138 GB for 1,281,167 images. Stands in for the mean
+# image footprint of a synset tar none of whose members can be read.
+_TYPICAL_IMAGE_BYTES = 110_000
+
+
 class _FolderClass:
+    """The images of one folder of the extracted layout; links and special files are reported, never read."""
+
     def __init__(self, folder):
         self.folder, self.unsafe = folder, []
+        self.damage = None
 
     def names(self):
-        return [entry.name for entry in os.scandir(self.folder) if entry.is_file()]
+        names = []
+        for entry in os.scandir(self.folder):
+            if entry.is_symlink():
+                self.unsafe.append(archive.UnsafeMember(entry.name, "symbolic link ignored"))
+            elif not entry.is_file(follow_symlinks=False):
+                if not entry.is_dir(follow_symlinks=False):
+                    self.unsafe.append(archive.UnsafeMember(entry.name, "FIFO, socket or device ignored"))
+            elif archive.unsafe_name_reason(entry.name):
+                self.unsafe.append(archive.UnsafeMember(entry.name, archive.unsafe_name_reason(entry.name)))
+            else:
+                names.append(entry.name)
+        return names
 
     def read(self, name):
-        with open(os.path.join(self.folder, name), "rb") as image:
-            return image.read()
+        return archive.read_regular_file(os.path.join(self.folder, name), MAX_IMAGE_BYTES)
 
 
 class _TarClass:
+    """The images of one synset tar; a second member of the same file name is reported, not used."""
+
     def __init__(self, region):
         self._region, self._refs = region, {}
         self.unsafe = region.unsafe
+        self.damage = None
+        self.images_listed = 0
 
     def names(self):
-        for ref in self._region.members():
-            self._refs.setdefault(archive.base_name(ref.name), ref)
+        refs = self._region.members()
+        self.damage, self.images_listed = self._region.damage, len(refs)
+        for ref in refs:
+            name = archive.base_name(ref.name)
+            if name in self._refs:
+                self.unsafe.append(archive.UnsafeMember(ref.name, "another member has the same file name; "
+                                                                  "only the first is used"))
+            else:
+                self._refs[name] = ref
         return list(self._refs)
 
     def read(self, name):
-        return self._region.read(self._refs[name])
+        ref = self._refs[name]
+        if ref.size > MAX_IMAGE_BYTES:
+            raise images.BadImageError(f"{ref.size} bytes, above the limit of {MAX_IMAGE_BYTES} bytes for an image")
+        return self._region.read(ref)
+
+    def lost_estimate(self, item):
+        """About how many images the damage cost.
+
+        A tar of median size beside it (``item.typical_tars``) says how many
+        images a synset tar holds; scaled by this tar's size unless this tar
+        was cut short (then its real size is unknown). Without one, the bytes
+        left unread divided by the mean image footprint.
+        """
+        damage, region_size = self.damage, self._region.size
+        typical = [(offset, size) for offset, size in item.typical_tars if offset != item.offset][:1]
+        if typical:
+            offset, size = typical[0]
+            with archive.TarRegion(item.path, offset, size) as sibling:
+                count = len(sibling.members())
+            expected = count if damage.cut else count * region_size / max(1, size)
+            return max(1, round(expected - self.images_listed))
+        footprint = self._region.listed_bytes / self.images_listed if self.images_listed else _TYPICAL_IMAGE_BYTES
+        return max(1, round((region_size - max(self._region.listed_bytes, damage.offset)) / footprint))
 
 
 @contextlib.contextmanager
@@ -128,13 +182,18 @@ def _open_class(item):
 
 
 class _Report:
-    """What one item could not use; written as a JSON part file when not empty."""
+    """What one item could not use, and box corrections; written as a JSON part file when not empty."""
 
     def __init__(self):
         self.bad_images, self.skipped_members, self.reencoded = [], [], []
+        self.counts = {}
+
+    def count(self, what, number=1):
+        if number:
+            self.counts[what] = self.counts.get(what, 0) + number
 
     def write(self, report_dir, item):
-        if not (self.bad_images or self.skipped_members or self.reencoded):
+        if not (self.bad_images or self.skipped_members or self.reencoded or self.counts):
             return
         # report_dir lives in the TFDS data_dir, which may be gs://..., hence epath.
         folder = epath.Path(report_dir)
@@ -142,6 +201,16 @@ class _Report:
         partial = folder / f"{item.split}-{item.index:06d}.json.tmp"
         partial.write_text(json.dumps(vars(self)), encoding="utf-8")
         partial.rename(folder / f"{item.split}-{item.index:06d}.json")  # a retried Beam bundle replaces it
+
+
+def _boxes_of(annotation, synset, image, report):
+    """The image's normalized boxes: its own synset's only, corrections counted in the report."""
+    if annotation is None:
+        return []
+    annotation, dropped = annotations.of_synset(annotation, synset)
+    report.count("boxes_of_other_synsets_dropped", dropped)
+    report.count("boxes_with_reversed_corners_swapped", annotations.reversed_corners(annotation))
+    return annotations.normalized_boxes(annotation, image.width, image.height)
 
 
 def _example(split, source, member_name, data, labels, boxes, report):
@@ -155,8 +224,7 @@ def _example(split, source, member_name, data, labels, boxes, report):
     if image.conversion:
         report.reencoded.append({"split": split, "file": source, "conversion": image.conversion})
     file_name = archive.base_name(member_name)
-    annotation = boxes.get(_sources.stem(file_name))
-    bboxes = annotations.normalized_boxes(annotation, image.width, image.height) if annotation else []
+    bboxes = _boxes_of(boxes.get(_sources.stem(file_name)), synset, image, report)
     return f"{synset}/{file_name}", {
         "image": image.jpeg,
         "label": label,
@@ -167,29 +235,72 @@ def _example(split, source, member_name, data, labels, boxes, report):
     }
 
 
+def _read_image(images_of_class, name, split, source, report):
+    try:
+        return images_of_class.read(name)
+    except (OSError, tarfile.ReadError, images.BadImageError) as error:
+        report.bad_images.append({"split": split, "file": source, "reason": str(error)})
+        return None
+
+
 def _class_examples(item, report):
     where = item.path if item.size < 0 else f"{item.path}:{item.synset}"
     labels = (item.synset, item.label, item.label_text)
     try:
         with _open_class(item) as images_of_class:
             for name in select(images_of_class.names(), item.selection):
-                example = _example(item.split, f"{where}/{name}", name, images_of_class.read(name), labels,
-                                   item.boxes, report)
+                data = _read_image(images_of_class, name, item.split, f"{where}/{name}", report)
+                example = None if data is None else _example(
+                    item.split, f"{where}/{name}", name, data, labels, item.boxes, report)
                 if example:
                     yield example
             report.skipped_members.extend({"file": f"{where}/{m.name}", "reason": m.reason}
                                           for m in images_of_class.unsafe)
-    except tarfile.ReadError as error:
-        # A damaged synset tar costs its (remaining) images, not the build.
-        report.bad_images.append({"split": item.split, "file": where,
-                                  "reason": f"synset tar unreadable, its remaining images are left out: {error}"})
+            if images_of_class.damage:
+                _report_damage(item, where, images_of_class, report)
+    except (tarfile.ReadError, OSError) as error:
+        # Not even the first header is readable: every image of the tar is lost.
+        report.bad_images.append({"split": item.split, "file": where, "damaged_archive": True,
+                                  "images": _estimate_unreadable(item),
+                                  "reason": f"synset tar unreadable, all its images are left out: {error}"})
+
+
+def _estimate_unreadable(item):
+    return max(1, round(item.size / _TYPICAL_IMAGE_BYTES))
+
+
+def _report_damage(item, where, tar_class, report):
+    lost = tar_class.lost_estimate(item)
+    report.bad_images.append({
+        "split": item.split, "file": where, "damaged_archive": True, "images": lost,
+        "reason": f"synset tar damaged: {tar_class.damage.reason}; the {tar_class.images_listed} images before "
+                  f"the damage are used, about {lost} after it are lost"})
+
+
+@contextlib.contextmanager
+def _member_reader(path):
+    """A function ref -> bytes for the members of a ChunkItem's ``path``: a tar, a zip or a folder."""
+    if os.path.isdir(path):
+        yield lambda ref: archive.read_regular_file(os.path.join(path, ref.name), MAX_IMAGE_BYTES)
+    elif path.endswith(".zip"):
+        with open(path, "rb") as raw:
+            yield lambda ref: zip_archive.read_member(raw, ref, MAX_IMAGE_BYTES)
+    else:
+        with archive.TarRegion(path) as region:
+            yield region.read
 
 
 def _chunk_examples(item, report):
-    with archive.TarRegion(item.path) as region:
+    separator = os.sep if os.path.isdir(item.path) else ":"
+    with _member_reader(item.path) as read:
         for ref, *labels in item.members:
-            source = f"{item.path}:{ref.name}"
-            example = _example(item.split, source, ref.name, region.read(ref), labels, item.boxes, report)
+            source = f"{item.path}{separator}{ref.name}"
+            try:
+                data = read(ref)
+            except (OSError, tarfile.ReadError, zip_archive.ZipError) as error:
+                report.bad_images.append({"split": item.split, "file": source, "reason": str(error)})
+                continue
+            example = _example(item.split, source, ref.name, data, labels, item.boxes, report)
             if example:
                 yield example
 

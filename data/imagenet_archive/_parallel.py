@@ -26,10 +26,13 @@ plain file I/O) and ``max_examples_per_split``; both are for the sequential
 or Beam engines.
 """
 from concurrent import futures
+import contextlib
+import ctypes
 import dataclasses
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
 import typing
 
@@ -65,7 +68,28 @@ class _Segment(typing.NamedTuple):
     count: int
 
 
-def _init_worker(features, report_dir, scratch_dir):
+def _die_with_parent(parent_pid):
+    """Makes the kernel kill this worker when the building process dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)  # pylint: disable=protected-access
+
+
+def worker_count(requested, num_items):
+    """Processes worth starting: no more than the work items, nor the CPUs this process may use."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(requested, num_items, cpus))
+
+
+def _init_worker(parent_pid, features, report_dir, scratch_dir):
+    _die_with_parent(parent_pid)
+    # A SIGTERM or Ctrl-C is the parent's to handle: it stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker.update(features=features, report_dir=report_dir, scratch_dir=scratch_dir,
                    serializer=example_serializer.ExampleSerializer(features.get_serialized_info()))
 
@@ -225,17 +249,39 @@ def _reduce_phase(pool, runs, target):
 def write_splits(items_of_split, target, num_workers):
     """Builds every split of ``items_of_split`` ({split: items}) with ``num_workers`` processes.
 
-    Returns the tfds.core.SplitInfo of each split, in the order given.
+    Returns the tfds.core.SplitInfo of each split, in the order given. On any
+    failure or interruption (SIGTERM is turned into one by bwtf.data.build)
+    the workers are killed at once and the run files removed; a worker also
+    dies when this process is killed outright.
     """
     os.makedirs(target.scratch_dir, exist_ok=True)
     # fork: the workers inherit the imported modules and the features instead
     # of importing TensorFlow again (seconds per worker on a loaded node), and
     # share those pages with this process.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method),
-                                     initializer=_init_worker,
-                                     initargs=(target.features, target.report_dir, target.scratch_dir)) as pool:
+    pool = futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method),
+                                       initializer=_init_worker,
+                                       initargs=(os.getpid(), target.features, target.report_dir, target.scratch_dir))
+    try:
         runs = _map_phase(pool, items_of_split)
         split_infos = _reduce_phase(pool, runs, target)
-    shutil.rmtree(target.scratch_dir)
+    except BaseException:
+        _kill_workers(pool)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        shutil.rmtree(target.scratch_dir, ignore_errors=True)
     return split_infos
+
+
+def _kill_workers(pool):
+    """Stops a pool now: its workers are killed, not waited for (a task can take minutes)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(timeout=10)

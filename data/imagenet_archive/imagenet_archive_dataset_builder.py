@@ -5,8 +5,8 @@
         --config='{"name": "present-100", "class_set": "present", "images_per_class": 100}'
     python -m bwtf.data.build --manual_dir=M --data_dir=D --num_workers=2   # 2 local processes
 
-The layout (ILSVRC2012 tars, fall 2011 ``Images.tar``, or an extracted
-``<synset>/*.JPEG`` tree) is detected from manual_dir. Planning reads only
+The layout (ILSVRC2012 tars, fall 2011 ``Images.tar``, the Kaggle zip or its
+unzipped tree, or an extracted ``<synset>/*.JPEG`` tree) is detected from manual_dir. Planning reads only
 tar headers and side files; the images are then read item by item (a synset
 tar, a folder, a chunk of the validation tar), either in this process, in a
 local process pool (``local_workers`` above 1, see ``_parallel``), or in
@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from typing import Optional, Sequence, Union
 
 from etils import epath
@@ -91,6 +92,9 @@ class ImagenetArchiveConfig(tfds.core.BuilderConfig):
             self.class_list = tuple(self.class_list)
 
 
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
+
+
 def _digest(text):
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -107,6 +111,9 @@ def make_config(*, class_set="present", class_list=None, images_per_class=None, 
     if name in _REGISTERED_NAMES and name != derived:
         raise ConfigError(f"config name {name!r} is reserved for class_set={name} with default options; "
                           "choose another name for these options")
+    if name is not None and (not _CONFIG_NAME.match(name) or ".." in name):
+        raise ConfigError(f"config name {name!r} must be one folder name of letters, digits, '_', '-', '.' and '+' "
+                          "(at most 100, no '..' and no '/'), such as 'present-100'")
     name = name or derived
     return ImagenetArchiveConfig(
         name=name, class_set=class_set, class_list=class_list, images_per_class=images_per_class,
@@ -140,10 +147,21 @@ def _derived_name(class_set, class_list, images_per_class, file_list, validation
 def _read_class_list(class_list):
     if not isinstance(class_list, str):
         return tuple(class_list)
-    path = epath.Path(class_list)
-    if not path.is_file():
+    if not os.path.isfile(class_list):
         raise ConfigError(f"class_list file {class_list} does not exist; expected one synset per line")
-    return tuple(line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    text = _sources.read_text(class_list, "class_list file")
+    return tuple(line.split()[0] for line in text.splitlines() if line.strip())
+
+
+def plan_build(manual_dir, config):
+    """The build's plan, made before TFDS creates anything; ConfigError or ManualDirError for bad input.
+
+    Pass it to the builder as ``given_plan`` so the archive is planned once.
+    """
+    plan = _plan.make_plan(manual_dir, _plan_options(config))
+    if not any(plan.items.values()):
+        raise ManualDirError(f"manual_dir {manual_dir} has no images of the selected classes")
+    return plan
 
 
 def _plan_options(config):
@@ -168,12 +186,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # tfds.load like a registered one.
     BUILDER_CONFIGS = [make_config()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-    manual_dir holds ImageNet as downloaded, in one of three layouts:
+    manual_dir holds ImageNet as downloaded, in one of four layouts:
     * ILSVRC2012: ILSVRC2012_img_train.tar and/or ILSVRC2012_img_val.tar; optional
       ILSVRC2012_bbox_train_v2.tar.gz, ILSVRC2012_bbox_val_v3.tgz, ILSVRC2012_devkit_t12.tar.gz,
       LOC_val_solution.csv, LOC_synset_mapping.txt or words.txt.
     * fall 2011: Images.tar or fall11_whole.tar; optional Annotation.tar.gz, words.txt,
       train_list.txt and validation_list.txt (lines '<synset> <image>').
+    * Kaggle: imagenet-object-localization-challenge.zip (read in place), or its unzipped
+      ILSVRC/Data/CLS-LOC/{train,val}, ILSVRC/Annotations/CLS-LOC/{train,val}, LOC_val_solution.csv,
+      LOC_synset_mapping.txt.
     * extracted: <synset>/*.JPEG folders; optional Annotation/<synset>/*.xml, words.txt and the lists.
     Register at https://image-net.org/download-images to get the archives.
     """
@@ -195,27 +216,49 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }),
             supervised_keys=("image", "label"),
             homepage="https://image-net.org/",
+            # Filled by the plan: "synsets" (the label names, in label order)
+            # and "words" (each label's words, "" when unknown), so that any
+            # program reads them with tfds.builder_from_directory(...).info.metadata.
+            metadata=tfds.core.MetadataDict(),
         )
 
     # Processes for a build without Beam options: above 1, the splits are
     # written by _parallel's local process pool (same shards as with 1).
     # Set by bwtf.data.build; `tfds build` leaves it at 1.
     local_workers = 1
+    workers_used = 1  # local_workers capped by the work items and the CPUs, once a build ran
 
     def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
         # TFDS switches to Beam only when the examples come as a PTransform, and
         # it does not tell _generate_examples whether Beam options were given.
         self._use_beam = download_config.beam_options is not None or download_config.beam_runner is not None
         with _bounded_shuffle_memory():
-            if self.local_workers > 1 and not self._use_beam:
-                self._prepare_in_processes(dl_manager, download_config)
-            else:
-                super()._download_and_prepare(dl_manager, download_config)
+            try:
+                if self.local_workers > 1 and not self._use_beam:
+                    self._prepare_in_processes(dl_manager, download_config)
+                else:
+                    super()._download_and_prepare(dl_manager, download_config)
+            except AssertionError as error:
+                if "No examples were yielded" not in str(error):
+                    raise
+                report = self._report({})
+                kept = self._write_report(report, failed=True)
+                misses = [p["reason"] for p in report["problems"] if p["file"] == self.builder_config.file_list]
+                raise BadImagesError(
+                    f"a split has no usable image: every image selected for it is damaged or left out "
+                    f"({bad_image_count(report)} damaged{'; the file list ' + misses[0] if misses else ''}); "
+                    f"nothing was written. The report is in {kept}") from None
         self._finish_report()
 
+    # A plan made by plan_build() before the build (bwtf.data.build sets it);
+    # `tfds build` leaves it None and the builder plans itself.
+    given_plan = None
+
     def _make_plan(self, dl_manager):
-        self._plan = _plan.make_plan(dl_manager.manual_dir, _plan_options(self.builder_config))
+        self._plan = self.given_plan or _plan.make_plan(dl_manager.manual_dir, _plan_options(self.builder_config))
         self.info.features["label"].names = self._plan.class_names
+        self.info.metadata.update(synsets=list(self._plan.class_names),
+                                  words=[self._plan.words.get(name, "") for name in self._plan.class_names])
         if not any(self._plan.items.values()):
             raise ManualDirError(f"manual_dir {dl_manager.manual_dir} has no images of the selected classes")
         return {split: items for split, items in self._plan.items.items() if items}
@@ -237,7 +280,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             shard_config=download_config.get_shard_config(),
             report_dir=os.fspath(epath.Path(self.data_dir) / _PARTS_DIR),
             scratch_dir=os.fspath(epath.Path(self.data_path) / "_parallel_runs"))
-        split_infos = _parallel.write_splits(items_of_split, target, self.local_workers)
+        self.workers_used = _parallel.worker_count(self.local_workers, sum(map(len, items_of_split.values())))
+        split_infos = _parallel.write_splits(items_of_split, target, self.workers_used)
         self.info.set_splits(tfds.core.SplitDict(split_infos))
 
     def _generate_examples(self, items, report_dir):
@@ -247,23 +291,42 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     | beam.FlatMap(_examples.examples_of_item, report_dir=report_dir))
         return itertools.chain.from_iterable(_examples.examples_of_item(item, report_dir) for item in items)
 
-    def _finish_report(self):
-        """Merges the per-item reports into bad_images.json; fails above the threshold."""
-        data_dir = epath.Path(self.data_dir)
-        report = _merge_parts(data_dir / _PARTS_DIR)
-        report["problems"] = [{"file": f, "reason": r} for f, r in sorted(self._plan.problems)]
-        examples = {name: split.num_examples for name, split in self.info.splits.items()}
+    def _report(self, examples):
+        """The merged report of this build (the per-item parts are consumed)."""
+        report = _merge_parts(epath.Path(self.data_dir) / _PARTS_DIR)
+        problems = list(self._plan.problems)
+        found = sum(examples.values()) + bad_image_count(report)
+        if self._plan.listed_images and found < self._plan.listed_images:
+            problems.append((self.builder_config.file_list, f"names {self._plan.listed_images} images of the "
+                             f"selected classes; only {found} were found in manual_dir"))
+        report["problems"] = [{"file": f, "reason": r} for f, r in sorted(problems)]
         report.update(layout=self._plan.layout, notes=self._plan.label_source, examples=examples,
                       max_bad_image_fraction=self.builder_config.max_bad_image_fraction)
-        bad, total = len(report["bad_images"]), len(report["bad_images"]) + sum(examples.values())
+        return report
+
+    def _write_report(self, report, failed):
+        """Writes the report into the dataset folder, or next to it (kept after TFDS removes it) on failure."""
+        data_dir = epath.Path(self.data_dir)
+        path = data_dir.parent / f"{REPORT_FILE[:-5]}-{self.version}.json" if failed else data_dir / REPORT_FILE
+        _write_json(path, report)
+        return path
+
+    def _finish_report(self):
+        """Merges the per-item reports into bad_images.json; fails above the threshold."""
+        examples = {name: split.num_examples for name, split in self.info.splits.items()}
+        report = self._report(examples)
+        bad = bad_image_count(report)
+        total = bad + sum(examples.values())
         if total and bad / total > self.builder_config.max_bad_image_fraction:
-            kept = data_dir.parent / f"{REPORT_FILE[:-5]}-{self.version}.json"
-            _write_json(kept, report)
+            kept = self._write_report(report, failed=True)
+            damaged = [e["file"] for e in report["bad_images"] if e.get("damaged_archive")]
             raise BadImagesError(
                 f"{bad} of {total} images ({bad / total:.2%}) are damaged, above max_bad_image_fraction="
-                f"{self.builder_config.max_bad_image_fraction:g}; nothing was written. The list is in {kept}; "
-                "fix or remove those files, or raise max_bad_image_fraction.")
-        _write_json(data_dir / REPORT_FILE, report)
+                f"{self.builder_config.max_bad_image_fraction:g}; nothing was written"
+                + (f"; damaged archives: {', '.join(damaged[:3])}" + (" and more" if len(damaged) > 3 else "")
+                   if damaged else "")
+                + f". The list is in {kept}; fix or remove those files, or raise max_bad_image_fraction.")
+        self._write_report(report, failed=False)
 
 
 @contextlib.contextmanager
@@ -294,15 +357,33 @@ def _write_json(path, value):
 
 
 def _merge_parts(parts_dir):
-    merged = {"bad_images": [], "skipped_members": [], "reencoded": []}
+    merged, counts = {"bad_images": [], "skipped_members": [], "reencoded": []}, {}
     if parts_dir.is_dir():
         for part in sorted(parts_dir.glob("*.json")):
             for key, entries in json.loads(part.read_text(encoding="utf-8")).items():
-                merged[key].extend(entries)
+                if key == "counts":
+                    for what, number in entries.items():
+                        counts[what] = counts.get(what, 0) + number
+                else:
+                    merged[key].extend(entries)
         parts_dir.rmtree()
+    # A damaged tar read by the items of both splits (held-out layouts) is one loss, not two.
+    damaged = {}
+    for entry in merged["bad_images"]:
+        if entry.get("damaged_archive"):
+            damaged[entry["file"]] = max(entry, damaged.get(entry["file"], entry), key=lambda e: e["images"])
+    merged["bad_images"] = [e for e in merged["bad_images"] if not e.get("damaged_archive")] + list(damaged.values())
+    for key in ("skipped_members", "reencoded"):  # both split items of a held-out class report the same member
+        merged[key] = list({json.dumps(e, sort_keys=True): e for e in merged[key]}.values())
     for entries in merged.values():
         entries.sort(key=lambda entry: (entry.get("split", ""), entry["file"]))
+    merged["counts"] = counts
     return merged
+
+
+def bad_image_count(report):
+    """Images lost to damage: one per bad image, the estimated contents of each damaged archive."""
+    return sum(entry.get("images", 1) for entry in report.get("bad_images", []))
 
 
 def read_report(dataset_dir):

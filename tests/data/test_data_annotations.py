@@ -42,9 +42,28 @@ def test_empty_and_inverted_boxes_are_dropped_or_ordered():
     (_EXTERNAL_ENTITY, "unsafe XML refused"),
     (b"<annotation><object>", "malformed XML"),
     (b"", "malformed XML"),
-    (_XML.replace(b"<xmin>20</xmin>", b"<xmin>twenty</xmin>"), "<xmin> should be a number"),
+    (_XML.replace(b"<xmin>20</xmin>", b"<xmin>twenty</xmin>"), "<xmin> should be a finite number"),
+    (_XML.replace(b"<xmin>20</xmin>", b"<xmin>nan</xmin>"), "<xmin> should be a finite number"),
+    (_XML.replace(b"<xmax>120</xmax>", b"<xmax>1e999</xmax>"), "<xmax> should be a finite number"),
     (_XML.replace(b"<ymax>60</ymax>", b""), "missing <ymax>"),
-], ids=["billion-laughs", "external-entity", "unclosed", "empty", "not-a-number", "missing-field"])
+    (b'<?xml version="1.0" encoding="x-no-such-codec"?>' + _XML, "encoding"),
+], ids=["billion-laughs", "external-entity", "unclosed", "empty", "not-a-number", "nan", "overflow",
+        "missing-field", "unknown-encoding"])
 def test_bad_xml_raises_annotation_error(xml, reason):
     with pytest.raises(annotations.AnnotationError, match=reason):
         annotations.parse(xml)
+
+
+@pytest.mark.parametrize("size", [b"nan", b"inf", b"1e999", b"-inf"])
+def test_a_size_that_is_not_finite_falls_back_to_the_image_size(size):
+    xml = _XML.replace(b"<width>200</width>", b"<width>" + size + b"</width>")
+    annotation = annotations.parse(xml)
+    assert (annotation.width, annotation.height) == (0, 0)
+
+
+def test_only_the_images_own_synset_is_kept_and_reversed_corners_are_counted():
+    xml = _XML.replace(b"<name>n01440764</name><bndbox><xmin>-5", b"<name>n02119789</name><bndbox><xmin>-5")
+    kept, dropped = annotations.of_synset(annotations.parse(xml), "n01440764")
+    assert dropped == 1 and kept.names == ("n01440764",) and kept.boxes == ((20.0, 10.0, 120.0, 60.0),)
+    swapped = annotations.parse(_XML.replace(b"<xmin>20</xmin>", b"<xmin>150</xmin>"))
+    assert annotations.reversed_corners(swapped) == 1

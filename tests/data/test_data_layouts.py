@@ -1,5 +1,10 @@
 """imagenet_archive: every layout, label source, words file and subset option, on real digit scans."""
 import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -209,3 +214,97 @@ def test_unrecognised_manual_dir_names_every_layout_looked_for(tools, tmp_path):
     for expected in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "Images.tar", "fall11_whole.tar",
                      "<synset>/*.JPEG", "Found: notes.txt"):
         assert expected in str(raised.value)
+
+
+def _xml(synset, stem, objects):
+    boxes = "".join(f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+                    f"<ymax>{y1}</ymax></bndbox></object>" for name, (x0, y0, x1, y1) in objects)
+    return (f"<annotation><folder>{synset}</folder><filename>{stem}</filename>"
+            f"<size><width>64</width><height>64</height></size>{boxes}</annotation>")
+
+
+def test_boxes_are_keyed_per_image_and_other_synsets_dropped_and_counted(tiny_copy, tools, tmp_path):
+    manual_dir = tiny_copy("extracted")
+    own = next(p for p in sorted((manual_dir / "Annotation" / "n00000001").iterdir()))
+    stem = own.name[:-4]
+    # The image's own XML also boxes an object of another synset (a kit fox next to a sheepdog)...
+    own.write_text(_xml("n00000001", stem, [("n00000001", (0, 0, 32, 32)), ("n00000002", (32, 32, 64, 64))]))
+    # ...and a second XML about the same image is filed under another synset's folder, read after it.
+    (manual_dir / "Annotation" / "n00000002" / own.name).write_text(
+        _xml("n00000002", stem, [("n00000001", (0, 32, 16, 64)), ("n00000002", (16, 16, 48, 48))]))
+    summary = tools.build(manual_dir, tmp_path / "tfds")
+    example = {**tools.examples(summary, "train"), **tools.examples(summary, "validation")}[f"{stem}.JPEG"]
+    np.testing.assert_allclose(sorted(example["bboxes"].tolist()), [[0, 0, 0.5, 0.5], [0.5, 0, 1, 0.25]])
+    assert summary.corrections == {"boxes_of_other_synsets_dropped": 2}
+    assert "boxes of other synsets dropped: 2" in summary.text()
+    problems = builder_lib.read_report(summary.dataset_dir)["problems"]
+    assert any("describes the same image" in p["reason"] for p in problems)
+
+
+def test_devkit_words_label_the_classes_and_scipy_is_a_base_dependency(tiny_copy, tools, tmp_path):
+    import scipy.io
+
+    manual_dir = tiny_copy()
+    (manual_dir / "LOC_synset_mapping.txt").unlink()
+    synsets = np.array([(d + 1, s, f"devkit word {d}") for d, s in enumerate(DIGIT_SYNSETS)],
+                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
+    meta = io.BytesIO()
+    scipy.io.savemat(meta, {"synsets": synsets})
+    truth = _val_truth(manual_dir)
+    ground_truth = "".join(f"{DIGIT_SYNSETS.index(truth[n]) + 1}\n" for n in sorted(truth)).encode()
+    with tarfile.open(manual_dir / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        for name, data in (("d/data/meta.mat", meta.getvalue()),
+                           ("d/data/ILSVRC2012_validation_ground_truth.txt", ground_truth)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    summary = tools.build(manual_dir, tmp_path / "tfds")
+    for example in tools.examples(summary, "train").values():
+        assert example["label_text"].decode() == f"devkit word {DIGIT_SYNSETS.index(example['synset'].decode())}"
+    setup = (pathlib.Path(build_lib.__file__).resolve().parents[1] / "setup.py").read_text()
+    required = setup[setup.index("_REQUIRED = ["): setup.index("_EXTRAS")]
+    assert '"scipy' in required
+
+
+def test_class_words_are_in_the_metadata_readable_without_bwtf(tiny_archives, tools, tmp_path):
+    summary = tools.build(tiny_archives["fall11"], tmp_path / "tfds")
+    script = ("import sys, tensorflow_datasets as tfds\n"
+              "info = tfds.builder_from_directory(sys.argv[1]).info\n"
+              "assert 'bwtf' not in sys.modules\n"
+              "print(repr((info.features['label'].names, info.metadata['synsets'], info.metadata['words'])))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script, summary.dataset_dir], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names, synsets, words = eval(done.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
+    assert names == synsets == DIGIT_SYNSETS
+    assert words == [f"digit {word}" for word in sample_archive.DIGIT_WORDS]
+
+
+def test_the_report_is_written_before_a_build_of_only_damaged_images_fails(tiny_copy, tools, tmp_path):
+    manual_dir = tiny_copy("extracted")
+    for name in ("train_list.txt", "validation_list.txt"):
+        (manual_dir / name).unlink()
+    for image in manual_dir.glob("n0000000*/*.JPEG"):
+        image.write_bytes(b"<html>404</html>")
+    with pytest.raises(builder_lib.BadImagesError, match="no usable image.*The report is in") as raised:
+        tools.build(manual_dir, tmp_path / "tfds", max_bad_image_fraction=1.0, validation_fraction=0.0)
+    kept = pathlib.Path(str(raised.value).rsplit(" ", 1)[-1])
+    assert len(json.loads(kept.read_text())["bad_images"]) == 50
+    assert [p.name for p in (tmp_path / "tfds").rglob("*") if p.is_file()] == [kept.name]
+
+
+def test_the_summary_names_the_dataset_flag_and_a_reuse_reports_no_throughput(tiny_archives, tools, tmp_path):
+    first = tools.build(tiny_archives["ilsvrc2012"], tmp_path, images_per_class=2)
+    assert f"train with: --dataset=imagenet_archive/present-per_class_2 --data_dir={tmp_path}" in first.text()
+    again = tools.build(tiny_archives["ilsvrc2012"], tmp_path, images_per_class=2)
+    assert again.reused and "nothing to build" in again.text() and "images/s" not in again.text()
+
+
+def test_training_names_the_configs_built_next_to_the_one_it_looked_for(tiny_archives, tools, tmp_path):
+    from bwtf.estimator import config as config_lib
+    from bwtf.estimator import inputs
+
+    tools.build(tiny_archives["ilsvrc2012"], tmp_path, images_per_class=2)
+    with pytest.raises(inputs.DatasetError, match=r"Built here: --dataset=imagenet_archive/present-per_class_2\."):
+        inputs.dataset_metadata(config_lib.DatasetConfig(name="imagenet_archive/present", data_dir=str(tmp_path)))

@@ -8,6 +8,7 @@ another folder's conftest.)
 """
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -79,3 +80,30 @@ class LaunchRun:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self._log.close()
+
+
+def slurm_job_state(job_id, env):
+    """(JobState, Restarts) of a Slurm job, from scontrol."""
+    text = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True,
+                          text=True, timeout=30).stdout
+    state = re.search(r"JobState=(\w+)", text)
+    restarts = re.search(r"Restarts=(\d+)", text)
+    return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
+
+
+def wait_for_job_state(job_id, env, wanted, timeout_secs, on_pending=None):
+    """Waits until the job holds one of the ``wanted`` states; returns (state, restarts)."""
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline:
+        state, restarts = slurm_job_state(job_id, env)
+        if state in wanted:
+            # A job requeuing itself shows its run's end state for a moment
+            # before it turns PENDING; only a state that holds counts.
+            time.sleep(3)
+            if slurm_job_state(job_id, env) == (state, restarts):
+                return state, restarts
+            continue
+        if state == "PENDING" and on_pending:
+            on_pending()
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} still {state} after {timeout_secs}s, expected one of {wanted}")

@@ -12,41 +12,14 @@ set -euo pipefail
 
 action=${1:?usage: slurm_localhost.sh up|down STATE_DIR}
 state=${2:?usage: slurm_localhost.sh up|down STATE_DIR}
-
-install_if_absent() {
-  if command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null; then
-    return
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq slurm-wlm munge >/dev/null
-}
-
-start_munge() {
-  # Slurm authenticates every RPC through munge's socket; reuse a running munged.
-  if [[ -S /run/munge/munge.socket.2 ]] && munge -n >/dev/null 2>&1; then
-    return
-  fi
-  install -d -o munge -g munge -m 0755 /run/munge
-  install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge /etc/munge
-  if [[ ! -s /etc/munge/munge.key ]]; then
-    mungekey --create --keyfile=/etc/munge/munge.key
-  fi
-  chown munge:munge /etc/munge/munge.key
-  chmod 0400 /etc/munge/munge.key
-  runuser -u munge -- munged --pid-file="/run/munge/munged.pid"
-  cp /run/munge/munged.pid "$state/munged.pid"
-  for _ in $(seq 50); do munge -n >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "munged did not start; see /var/log/munge/munged.log" >&2
-  exit 1
-}
+# shellcheck source=tests/launch/slurm_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_common.sh"
 
 write_conf() {
   local node cpus memory
   node=$(hostname -s)
-  # The node's CPUs and memory must match what slurmd detects, or Slurm marks it invalid.
-  cpus=$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -1)
-  memory=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)
+  cpus=$(slurm_detect CPUs)
+  memory=$(slurm_detect RealMemory)
   mkdir -p "$state/spool/ctld" "$state/spool/d"
   cat >"$state/slurm.conf" <<CONF
 ClusterName=bwtflocal
@@ -94,26 +67,13 @@ wait_node_idle() {
   exit 1
 }
 
-stop_pidfile() {
-  local file=$1
-  [[ -s $file ]] || return 0
-  local pid
-  pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-  fi
-  rm -f "$file"
-}
-
 case $action in
   up)
     [[ $(id -u) == 0 ]] || { echo "slurm_localhost.sh needs root" >&2; exit 2; }
     mkdir -p "$state"
     state=$(cd "$state" && pwd)
-    install_if_absent
-    start_munge
+    slurm_install_if_absent
+    slurm_start_munge "$state"
     write_conf
     export SLURM_CONF=$state/slurm.conf
     slurmctld -i
@@ -125,9 +85,9 @@ case $action in
     state=$(cd "$state" && pwd)
     export SLURM_CONF=$state/slurm.conf
     scancel --full --quiet --state=RUNNING --user=root 2>/dev/null || true
-    stop_pidfile "$state/slurmd.pid"
-    stop_pidfile "$state/slurmctld.pid"
-    stop_pidfile "$state/munged.pid"
+    slurm_stop_pidfile "$state/slurmd.pid"
+    slurm_stop_pidfile "$state/slurmctld.pid"
+    slurm_stop_pidfile "$state/munged.pid"
     ;;
   *) echo "unknown action '$action'; expected up or down" >&2; exit 2 ;;
 esac

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from launch_helpers import LAUNCH_TESTS_DIR, REPO_ROOT
+from launch_helpers import LAUNCH_TESTS_DIR, REPO_ROOT, wait_for_job_state
 
 pytestmark = [pytest.mark.slow]
 
@@ -49,31 +49,6 @@ def slurm_env(tmp_path_factory):
         subprocess.run([script, "down", str(state)], capture_output=True, timeout=120)
 
 
-def _job_state(job_id, env):
-    text = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True,
-                          text=True, timeout=30).stdout
-    state = re.search(r"JobState=(\w+)", text)
-    restarts = re.search(r"Restarts=(\d+)", text)
-    return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
-
-
-def _wait_for_state(job_id, env, wanted, timeout_secs, on_pending=None):
-    deadline = time.monotonic() + timeout_secs
-    while time.monotonic() < deadline:
-        state, restarts = _job_state(job_id, env)
-        if state in wanted:
-            # A job requeuing itself shows its run's end state for a moment
-            # before it turns PENDING; only a state that holds counts.
-            time.sleep(3)
-            if _job_state(job_id, env) == (state, restarts):
-                return state, restarts
-            continue
-        if state == "PENDING" and on_pending:
-            on_pending()
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} still {state} after {timeout_secs}s, expected one of {wanted}")
-
-
 def _submit(job_dir, env, data_dir, train_steps, save_steps):
     job_dir.mkdir()
     flagfile = job_dir / "job.flags"
@@ -83,7 +58,7 @@ def _submit(job_dir, env, data_dir, train_steps, save_steps):
         f"--save_checkpoints_steps={save_steps}", "--log_every_steps=25", "--eval_throttle_secs=5",
         "--num_ps=1"]) + "\n")
     result = subprocess.run(
-        ["sbatch", "--parsable", "--ntasks=4", "--overcommit", str(_SBATCH), f"--flagfile={flagfile}"],
+        ["sbatch", "--parsable", "--ntasks=4", "--cpus-per-task=1", "--overcommit", str(_SBATCH), f"--flagfile={flagfile}"],
         cwd=job_dir, env=env, capture_output=True, text=True, timeout=60, check=True)
     return result.stdout.strip().split(";")[0]
 
@@ -106,7 +81,7 @@ def _verify(model_dir):
 def test_sbatch_job_with_ps_chief_worker_evaluator_completes(slurm_env, digits_data_dir, tmp_path):
     job_dir = tmp_path / "job"
     job_id = _submit(job_dir, slurm_env, digits_data_dir, train_steps=200, save_steps=50)
-    state, _ = _wait_for_state(job_id, slurm_env, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 240)
+    state, _ = wait_for_job_state(job_id, slurm_env, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 240)
     batch_log = (job_dir / f"bwtf-train-{job_id}.out").read_text()
     assert state == "COMPLETED", batch_log
     chief = _chief_log(job_dir, job_id, 0)
@@ -138,8 +113,8 @@ def test_sbatch_job_stopped_by_sigterm_saves_requeues_and_resumes(slurm_env, dig
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env,
                        capture_output=True, timeout=30)
 
-    _wait_for_state(job_id, slurm_env, {"PENDING", "RUNNING"}, 60)
-    state, restarts = _wait_for_state(job_id, slurm_env, {"COMPLETED", "FAILED", "CANCELLED"}, 300,
+    wait_for_job_state(job_id, slurm_env, {"PENDING", "RUNNING"}, 60)
+    state, restarts = wait_for_job_state(job_id, slurm_env, {"COMPLETED", "FAILED", "CANCELLED"}, 300,
                                       on_pending=release)
     batch_log = (job_dir / f"bwtf-train-{job_id}.out").read_text()
     assert state == "COMPLETED" and restarts == 1, batch_log

@@ -17,7 +17,8 @@ import dataclasses
 
 from absl import flags
 
-from bwtf.estimator import cluster, config, models
+from bwtf.estimator import config, models
+from bwtf.estimator.cluster import roles as cluster
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,131 +3,30 @@
     bwtf-export --model_dir=runs/r50 --export_dir=exports/r50 \\
         --model=resnet50 --data_dir=~/tfds [--checkpoint=latest] [--overwrite]
 
-writes ``export_dir`` as a TF1 SavedModel (tag ``serve``) with one signature,
-``serving_default``: input ``jpeg_bytes`` (string [N], encoded JPEGs), outputs
-``classes``, ``probabilities``, ``top_5_classes``, ``top_5_probabilities``,
-``top_5_synsets``, ``top_5_labels``, ``valid`` and ``error`` (see
-``_export_signature``). Bytes that are not a decodable JPEG give that row
-``valid=False`` and an ``error`` text; the request itself succeeds.
-``assets.extra/bwtf_export.json`` records the model, class count, image size,
-checkpoint and step.
+writes ``export_dir`` as a TF1 SavedModel (tag ``serve``) whose one signature,
+``serving_default``, takes encoded JPEGs (``jpeg_bytes``) and answers classes,
+probabilities and the top-5 synsets and labels; see
+``bwtf.estimator.serving.saved_model`` for the outputs and the atomicity
+argument. An existing ``export_dir`` is refused unless ``--overwrite``.
 
-Devices are cleared (``clear_devices=True``), so the export loads on one CPU
-whatever cluster trained the model, and it needs only TensorFlow: no bwtf code
-runs at serving time. It is written to a temporary directory next to
-``export_dir`` and renamed into place, so ``export_dir`` never holds half an
-export; an existing ``export_dir`` is refused unless ``--overwrite``.
-
-Library use: ``export_saved_model(export_dir, checkpoint_prefix, model_config,
-global_step=None, overwrite=False) -> str``.
-
-Deliberately left out: TF2 ``tf.function`` signatures, batching and model
-servers' config, and object-store export directories (the final rename must be
-atomic, which object stores do not offer).
+Deliberately left out: everything but the command line (the library is
+``bwtf.estimator.serving``).
 """
 import dataclasses
-import json
 import os
-import shutil
 import sys
-import uuid
 
-import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 
 import bwtf
-from bwtf.estimator import _eval_checkpoints, _eval_setup, _export_labels, _export_signature
-from bwtf.estimator import _flags, _tf_logging, config, inputs, model_fn
+from bwtf.estimator import _flags, _tf_logging
+from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
+from bwtf.estimator.evaluation import model_setup as _eval_setup
+from bwtf.estimator.serving import labels as _export_labels
+from bwtf.estimator.serving.saved_model import ExportError, export_saved_model, refuse_existing
+from bwtf.estimator.serving.saved_model import METADATA_FILE  # noqa: F401  (where the export records itself)
 
 EXIT_USER_ERROR = 2
-METADATA_FILE = os.path.join("assets.extra", "bwtf_export.json")
-SIGNATURE_KEY = "serving_default"
-
-
-class ExportError(ValueError):
-    """The export cannot be written as asked; the message says what to change."""
-
-
-def _refuse_existing(export_dir, overwrite):
-    if os.path.lexists(export_dir) and not overwrite:
-        raise ExportError(
-            f"export_dir {export_dir} already exists; pass --overwrite to replace it, or choose "
-            "another --export_dir (nothing was written)")
-    if os.path.lexists(export_dir) and not os.path.isdir(export_dir):
-        raise ExportError(f"export_dir {export_dir} exists and is not a directory; remove it first")
-
-
-def _build_and_save(staging_dir, checkpoint_prefix, model_config):
-    """Restores the checkpoint into the serving graph and saves it to ``staging_dir``."""
-    size = model_config.image_size
-    with tf.Graph().as_default():
-        jpegs = tf.compat.v1.placeholder(tf.string, [None], name=_export_signature.INPUT_KEY)
-        outputs = _export_signature.serving_outputs(
-            jpegs,
-            logits_fn=lambda images: model_fn.build_logits(images, model_config, training=False),
-            preprocess_jpeg=lambda encoded: inputs.eval_image_from_bytes(encoded, size),
-            image_size=size, class_names=model_config.class_names,
-            label_texts=model_config.label_texts)
-        saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables())
-        signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
-            inputs={_export_signature.INPUT_KEY: jpegs}, outputs=outputs)
-        with tf.compat.v1.Session() as session:
-            saver.restore(session, checkpoint_prefix)
-            builder = tf.compat.v1.saved_model.Builder(staging_dir)
-            builder.add_meta_graph_and_variables(
-                session, [tf.saved_model.SERVING], signature_def_map={SIGNATURE_KEY: signature},
-                clear_devices=True, strip_default_attrs=True)
-            builder.save()
-
-
-def _write_metadata(staging_dir, checkpoint_prefix, model_config, global_step):
-    path = os.path.join(staging_dir, METADATA_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as stream:
-        json.dump({"model": model_config.name, "num_classes": model_config.num_classes,
-                   "image_size": model_config.image_size, "checkpoint": checkpoint_prefix,
-                   "global_step": global_step, "signature": SIGNATURE_KEY,
-                   "input": _export_signature.INPUT_KEY}, stream, indent=2, sort_keys=True)
-
-
-def _move_into_place(staging_dir, export_dir):
-    """Renames staging_dir to export_dir; an old export is swapped out, then deleted.
-
-    Each rename is atomic, so at every moment export_dir holds either the old
-    export or the new one, never a mixture.
-    """
-    old = None
-    if os.path.lexists(export_dir):
-        old = f"{staging_dir}.old"
-        os.rename(export_dir, old)
-    os.rename(staging_dir, export_dir)
-    if old:
-        shutil.rmtree(old)
-
-
-def export_saved_model(export_dir, checkpoint_prefix, model_config, global_step=None,
-                       overwrite=False):
-    """Writes the SavedModel of ``checkpoint_prefix``; returns ``export_dir``.
-
-    Raises ExportError for an existing export_dir without ``overwrite`` and
-    model_fn.CheckpointMismatchError for a checkpoint of another model.
-    """
-    export_dir = os.path.abspath(export_dir)
-    _refuse_existing(export_dir, overwrite)
-    model_fn.check_checkpoint_compatible(
-        checkpoint_prefix, config.TrainConfig(model=model_config))
-    parent, name = os.path.split(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging_dir = os.path.join(parent, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
-    try:
-        _build_and_save(staging_dir, checkpoint_prefix, model_config)
-        _write_metadata(staging_dir, checkpoint_prefix, model_config, global_step)
-        _refuse_existing(export_dir, overwrite)  # another export may have finished meanwhile
-        _move_into_place(staging_dir, export_dir)
-    finally:
-        shutil.rmtree(staging_dir, ignore_errors=True)
-    logging.info("exported %s (step %s) to %s", checkpoint_prefix, global_step, export_dir)
-    return export_dir
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +64,7 @@ def _export_from_values(values):
     if not own["export_dir"]:
         raise ExportError("--export_dir is required: where the SavedModel goes")
     # Refused before any work, so a mistaken command costs nothing.
-    _refuse_existing(os.path.abspath(own["export_dir"]), own["overwrite"])
+    refuse_existing(os.path.abspath(own["export_dir"]), own["overwrite"])
     setup = _eval_setup.model_setup(values["model"], data_values, own["model_dir"],
                                     data_values["eval_split"], split_flag="--eval_split")
     step, prefix = _eval_checkpoints.resolve(own["model_dir"], own["checkpoint"])

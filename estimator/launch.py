@@ -13,48 +13,29 @@ forwarded to the chief, workers and evaluator; a second one kills everything).
 No task outlives the launcher, even a SIGKILLed one. ``--max_restarts=N``
 restarts a task that something else killed (the fault tests use it).
 
-Two more modes serve the batch scripts (``scripts/train.sbatch``,
-``scripts/train.pbs``), where srun/mpiexec place the tasks and
-``bwtf.estimator.cluster`` derives the roles:
-
-    bwtf-launch --print_flags_digest -- <train flags>          # once, in the batch script
-    bwtf-launch --task --flags_digest=<digest> -- <train flags> # per task: check, then exec
-    bwtf-launch --print_evaluator_tf_config -- <train flags>   # for the evaluator's own step
-
-``--task`` refuses to start when the task's flag files differ from those the
-batch script saw, or when its TF_CONFIG port is taken, and then replaces
-itself with the training program (so signals and exit codes pass unchanged).
-With ``--status_dir`` it instead waits for the program and writes its exit
-status to ``<status_dir>/task-<rank>.status`` (rank from the scheduler's
-variables): ``srun``/``mpiexec`` report only the highest status of a step, so
-the batch script reads these files to tell a chief that stopped for requeue
-(75) from workers that a SIGTERM killed; ``--task_log_dir`` then sends the
-program's output to ``<task_log_dir>/train-<rank>.log``. In that mode the
-wrapper itself survives SIGTERM/SIGINT/SIGUSR1, which the scheduler delivers
-to the whole process group, so it can still write the status afterwards.
+Each task runs through the per-task wrapper ``python -m bwtf.estimator.task``
+(the one the batch scripts use; see ``bwtf.estimator.cluster.batch_task``).
+``bwtf-launch --task``, ``--print_flags_digest`` and
+``--print_evaluator_tf_config`` are kept as aliases of that program: they
+replace this process with it.
 
 Deliberately left out: scheduling across machines (that is what Slurm and PBS
 are for) and restarting tasks that failed by themselves.
 """
-import ctypes
-import json
 import os
-import signal
-import subprocess
 import sys
 
 from absl import app
 from absl import flags
 
 import bwtf
-from bwtf.estimator import _flags_digest
-from bwtf.estimator import _local_cluster
-from bwtf.estimator import _ps_lifecycle
+from bwtf.estimator.cluster import flags_digest as _flags_digest
+from bwtf.estimator.cluster import local_supervisor as _local_cluster
+from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 
 EXIT_USER_ERROR = 2
-_PR_SET_PDEATHSIG = 1
-# Same order as bwtf.estimator.cluster: the first one set names this task's rank.
-_RANK_VARIABLES = ("SLURM_PROCID", "PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
+# The per-task wrapper's modes; given to bwtf-launch, they hand over to it.
+_TASK_MODES = ("--task", "--print_flags_digest", "--print_evaluator_tf_config")
 
 _NUM_PS = flags.DEFINE_integer("num_ps", 1, "Parameter server tasks (0 for collective or none).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Training tasks, the chief included.")
@@ -72,98 +53,9 @@ _SHUTDOWN_GRACE_SECS = flags.DEFINE_float(
     "end by themselves (the evaluator evaluates the last checkpoint) before they are killed.",
     lower_bound=0.0)
 _LOG_DIR = flags.DEFINE_string(
-    "task_log_dir", None, "Also write each task's output to <task_log_dir>/<task>.log (with --task "
-    "and --status_dir: only there, as train-<rank>.log).")
-_TASK = flags.DEFINE_boolean("task", False, "Run ONE task placed by srun/mpiexec: check, then exec.")
-_FLAGS_DIGEST = flags.DEFINE_string("flags_digest", None, "With --task: the digest every task must match.")
-_PRINT_FLAGS_DIGEST = flags.DEFINE_boolean(
-    "print_flags_digest", False, "Print the digest of the training flags (flag files included) and exit.")
-_STATUS_DIR = flags.DEFINE_string(
-    "status_dir", None, "With --task: wait for the program and write task-<rank>.status here.")
-_PRINT_EVALUATOR_TF_CONFIG = flags.DEFINE_boolean(
-    "print_evaluator_tf_config", False,
-    "Print the TF_CONFIG for an evaluator started beside a scheduler's training step and exit.")
+    "task_log_dir", None, "Also write each task's output to <task_log_dir>/<task>.log.")
 _TASK_MODULE = flags.DEFINE_string(
     "task_module", "bwtf.estimator.train", "The module each task runs with python -m.")
-
-
-def _die_with_parent():
-    """Asks Linux to SIGKILL this process (and what it execs) when its parent dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return  # Not Linux: the launcher's own kill-on-exit still applies.
-    if os.getppid() == 1:  # The parent died before prctl took effect.
-        os._exit(128 + signal.SIGKILL)
-
-
-def _task_name():
-    """'chief:0' from TF_CONFIG, else 'rank 3' from the scheduler (for error messages)."""
-    try:
-        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-        if task.get("type"):
-            return f"{task['type']}:{task.get('index', 0)}"
-    except (ValueError, AttributeError):
-        pass
-    return f"rank {_task_rank()}"
-
-
-def _own_tf_config_address():
-    """This task's host:port from TF_CONFIG, or None (malformed: train.py explains)."""
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task = config["task"]
-        return config["cluster"][task["type"]][task.get("index", 0)]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def _task_rank():
-    for name in _RANK_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return os.environ[name]
-    return f"pid{os.getpid()}"
-
-
-def _run_and_record(command, status_dir, log_dir):
-    """Runs ``command`` to its end and writes its exit status where the batch script looks."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        # A handler, not SIG_IGN: the child must not inherit an ignored signal.
-        signal.signal(signum, lambda *_: None)
-    log = None
-    if log_dir:  # mpiexec/aprun have no portable per-rank output option; srun does.
-        os.makedirs(log_dir, exist_ok=True)
-        log = open(os.path.join(log_dir, f"train-{_task_rank()}.log"), "ab")
-    child = subprocess.Popen(command, preexec_fn=_die_with_parent, stdout=log, stderr=log)
-    while True:
-        try:
-            status = _local_cluster.exit_status(child.wait())
-            break
-        except InterruptedError:
-            continue
-    os.makedirs(status_dir, exist_ok=True)
-    path = os.path.join(status_dir, f"task-{_task_rank()}.status")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(f"{status}\n")
-    os.replace(path + ".tmp", path)
-    return status
-
-
-def _exec_task(train_argv, expected_digest, module, status_dir, log_dir):
-    _die_with_parent()
-    if expected_digest:
-        _flags_digest.check_flags_digest(train_argv, expected_digest, _task_name())
-    address = _own_tf_config_address()
-    if address:
-        try:
-            _ps_lifecycle.ensure_port_free(address)
-        except ValueError:
-            pass  # A malformed address: the training program's cluster check explains it.
-    command = [sys.executable, "-m", module] + list(train_argv)
-    if status_dir:
-        return _run_and_record(command, status_dir, log_dir)
-    os.execv(sys.executable, command)
 
 
 def _train_argv(argv):
@@ -185,7 +77,7 @@ def _launch(train_argv):
         log_dir=_LOG_DIR.value)
     specs = _local_cluster.plan_tasks(plan)
     digest = _flags_digest.flags_digest(train_argv)
-    command = [sys.executable, "-m", "bwtf.estimator.launch", "--task", f"--flags_digest={digest}",
+    command = [sys.executable, "-m", "bwtf.estimator.task", f"--flags_digest={digest}",
                f"--task_module={_TASK_MODULE.value}", "--"] + train_argv
     if plan.log_dir:
         os.makedirs(plan.log_dir, exist_ok=True)
@@ -195,35 +87,8 @@ def _launch(train_argv):
     return _local_cluster.Supervisor(tasks, plan, output).run()
 
 
-def _evaluator_tf_config(train_argv):
-    """TF_CONFIG for an evaluator that srun/mpiexec start in a step of its own.
-
-    The evaluator reads checkpoints from --model_dir and contacts no other
-    task, but bwtf-train checks that its cluster has the shape the
-    distribution needs (ps tasks for --distribution=ps), so the placeholder
-    addresses (port 1, never contacted) follow the training flags.
-    """
-    distribution = "ps"
-    for arg in _flags_digest.expanded_args(train_argv):
-        if arg.startswith("--distribution="):
-            distribution = arg.split("=", 1)[1]
-    cluster = {"chief": ["localhost:1"]}
-    if distribution == "ps":
-        cluster["ps"] = ["localhost:2"]
-    return json.dumps({"cluster": cluster, "task": {"type": "evaluator", "index": 0}})
-
-
 def main(argv):
     try:
-        if _TASK.value:
-            return _exec_task(argv[1:], _FLAGS_DIGEST.value, _TASK_MODULE.value, _STATUS_DIR.value,
-                              _LOG_DIR.value)
-        if _PRINT_EVALUATOR_TF_CONFIG.value:
-            print(_evaluator_tf_config(argv[1:]))
-            return 0
-        if _PRINT_FLAGS_DIGEST.value:
-            print(_flags_digest.flags_digest(argv[1:]))
-            return 0
         return _launch(_train_argv(argv))
     except (_local_cluster.LaunchError, _flags_digest.FlagsMismatchError,
             _ps_lifecycle.PortInUseError) as error:
@@ -231,7 +96,19 @@ def main(argv):
         return EXIT_USER_ERROR
 
 
+def _hand_over_task_modes(argv):
+    """``bwtf-launch --task ...`` (the batch scripts' old spelling) becomes ``python -m bwtf.estimator.task ...``."""
+    own = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if not any(arg in _TASK_MODES for arg in own):
+        return
+    rest = argv[1:]
+    if "--task" in own:
+        rest = rest[:own.index("--task")] + rest[own.index("--task") + 1:]
+    os.execv(sys.executable, [sys.executable, "-m", "bwtf.estimator.task"] + rest)
+
+
 def run():
+    _hand_over_task_modes(sys.argv)
     bwtf.show_program_flags_in_help()
     app.run(main)
 

@@ -39,8 +39,11 @@ import contextlib
 import tensorflow as tf
 
 from bwtf import ckpt
-from bwtf.estimator import _progress, _sync_replicas, _worker_stop, models
-from bwtf.estimator._schedule import learning_rate
+from bwtf.estimator import models
+from bwtf.estimator.cluster import worker_stop as _worker_stop
+from bwtf.estimator.training import progress as _progress
+from bwtf.estimator.training import sync_replicas as _sync_replicas
+from bwtf.estimator.training.schedule import learning_rate
 
 _COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
 _TOP_K = 5

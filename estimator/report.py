@@ -9,7 +9,7 @@ writes into ``DIR`` (default ``MODEL_DIR/report``):
                       (the training-batch precision too, when it was logged)
   throughput.png      images/s against wall-clock time since the run started
 
-The scalars come from TensorBoard's own event reader (see ``_eval_events``),
+The scalars come from TensorBoard's own event reader (see ``evaluation.events``),
 so the plots agree with TensorBoard. A plot whose scalars are missing is left
 out with a warning naming the tags it looked for; having no plot at all is an
 error. Each file is written to a temporary name and renamed, so a reader never
@@ -25,7 +25,7 @@ import tempfile
 from absl import app, flags, logging
 
 import bwtf
-from bwtf.estimator import _eval_events
+from bwtf.estimator.evaluation import events as _eval_events
 
 # Throughput tag names, most specific first; train.py's own tag leads.
 THROUGHPUT_TAGS = ("images_per_sec", "images/sec", "examples_per_sec", "examples/sec")

@@ -5,7 +5,7 @@
 
 The export's serving signature decodes a request's JPEGs inside a tf.data
 pipeline with ``ignore_errors``, so bad bytes cost their own row and not the
-whole request (``bwtf.estimator._export_signature``). The baseline is the
+whole request (``bwtf.estimator.serving.signature``). The baseline is the
 usual serving graph: ``tf.map_fn`` over the same preprocessing
 (``inputs.eval_image_from_bytes``), where one bad JPEG fails the request.
 Both graphs hold the same freshly initialised model and are fed the same
@@ -20,7 +20,8 @@ import time
 
 import tensorflow as tf
 
-from bwtf.estimator import _export_signature, config, inputs, model_fn
+from bwtf.estimator import config, inputs, model_fn
+from bwtf.estimator.serving import signature as _export_signature
 
 _SAMPLES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imagenet-samples"
 

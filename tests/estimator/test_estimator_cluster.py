@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bwtf.estimator import cluster
+from bwtf.estimator.cluster import roles as cluster
 
 _PS = ["localhost:2222"]
 _WORKERS = ["localhost:2223", "localhost:2224", "localhost:2225"]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from bwtf.estimator import config, model_fn
-from bwtf.estimator._schedule import learning_rate
+from bwtf.estimator.training.schedule import learning_rate
 
 _MODES = tf.estimator.ModeKeys
 # Small inputs keep graph construction cheap; each is the model's minimum or close.

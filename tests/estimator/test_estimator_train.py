@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 
 from bwtf import ckpt
-from bwtf.estimator import cluster, config, inputs, model_fn, train
+from bwtf.estimator import config, inputs, model_fn
+from bwtf.estimator.cluster import roles as cluster
+from bwtf.estimator.training import task as train
 from estimator_helpers import run_train
 
 _SYNTHETIC = ["--model=small_cnn", "--use_synthetic_data", "--num_classes=10", "--image_size=32",

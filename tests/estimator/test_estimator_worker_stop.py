@@ -6,7 +6,7 @@ import time
 import pytest
 
 from bwtf import ckpt
-from bwtf.estimator import _worker_stop
+from bwtf.estimator.cluster import worker_stop as _worker_stop
 
 
 class _RunContext:

@@ -13,7 +13,9 @@ from absl import flags
 from eval_helpers import CHECKPOINT_STEPS, TRAIN_STEPS, run_module
 from tensorboard.backend.event_processing import event_accumulator
 
-from bwtf.estimator import _eval_setup, _flags, evaluate
+from bwtf.estimator import _flags
+from bwtf.estimator.evaluation import model_setup as _eval_setup
+from bwtf.estimator.evaluation import runner as evaluate
 
 pytestmark = pytest.mark.timeout(300)
 

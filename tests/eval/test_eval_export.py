@@ -67,7 +67,7 @@ def _sample_jpegs(imagenet_samples_dir):
 
 def test_saved_model_cli_classifies_real_jpegs_like_the_evaluation_did(
         exported, digits_validation, imagenet_samples_dir, trained_run, copy_run, tmp_path):
-    from bwtf.estimator import _export_signature
+    from bwtf.estimator.serving import signature as _export_signature
 
     images, labels, texts, class_names = digits_validation
     samples = _sample_jpegs(imagenet_samples_dir)

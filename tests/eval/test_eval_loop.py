@@ -8,7 +8,8 @@ import json
 import pytest
 from absl.testing import absltest
 
-from bwtf.estimator import _eval_history, _eval_loop
+from bwtf.estimator.evaluation import history as _eval_history
+from bwtf.estimator.evaluation import loop as _eval_loop
 
 pytestmark = pytest.mark.timeout(60)
 

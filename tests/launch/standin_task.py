@@ -17,8 +17,8 @@ import time
 
 from absl import logging
 
-from bwtf.estimator import _ps_lifecycle
-from bwtf.estimator import cluster
+from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
+from bwtf.estimator.cluster import roles as cluster
 
 
 def _train_like(name, steps, step_secs, fail_with):

@@ -1,7 +1,7 @@
 """Bad cluster input gets a one-line error at start, not a hang: what a task started by a
 scheduler (or by hand) sees when its environment is wrong.
 
-The checks live in bwtf.estimator.cluster and train.py; these tests run the
+The checks live in bwtf.estimator.cluster.roles and training.task; these tests run the
 real programs the way the batch scripts do (``bwtf-launch --task``) and assert
 the exit status and the message.
 """

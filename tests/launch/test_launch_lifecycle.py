@@ -1,4 +1,4 @@
-"""The ps/worker lifecycle rules of bwtf.estimator._ps_lifecycle, without a cluster.
+"""The ps/worker lifecycle rules of bwtf.estimator.cluster.ps_lifecycle, without a cluster.
 
 The end-to-end behaviour (a ps that exits 0 when the chief is done, 70 when it
 vanished) is covered with real processes in test_launch_local.py.
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from bwtf.estimator import _ps_lifecycle
+from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 
 
 class _Clock:
@@ -79,7 +79,7 @@ def test_ensure_port_free_names_the_taken_port():
 def test_worker_watchdog_ends_a_stuck_worker_once_the_chief_has_vanished():
     program = textwrap.dedent("""
         import dataclasses, socket, time
-        from bwtf.estimator import _ps_lifecycle
+        from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 
         @dataclasses.dataclass
         class Role:

@@ -14,7 +14,7 @@ The rules:
     - ``idle_timeout``: no new checkpoint for ``idle_timeout_secs``.
 
 Deliberately left out: how a checkpoint is evaluated or listed (callables passed
-in by ``evaluate.py``; ``evaluate_checkpoint`` returns None for a checkpoint
+in by ``runner``; ``evaluate_checkpoint`` returns None for a checkpoint
 that vanished meanwhile) and retrying a failed evaluation (errors propagate).
 """
 import dataclasses
@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from absl import logging
 
-from bwtf.estimator import _eval_history
+from bwtf.estimator.evaluation import history as _eval_history
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,9 @@ import dataclasses
 from absl import flags
 
 from bwtf import ckpt
-from bwtf.estimator import _eval_checkpoints, _export_labels, _flags, config, inputs, model_fn, models
+from bwtf.estimator import _flags, config, inputs, model_fn, models
+from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
+from bwtf.estimator.serving import labels as _export_labels
 
 # bwtf-train's class count for synthetic data when --num_classes is 0.
 SYNTHETIC_NUM_CLASSES = 1000

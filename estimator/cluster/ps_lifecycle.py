@@ -28,7 +28,7 @@ Deliberately left out: deciding what the chief's status means for the job
 (that is the launcher's and the scheduler's business) and any liveness check
 of workers (the chief's session already waits for them).
 
-``role`` is a :class:`bwtf.estimator.cluster.ClusterRole`; only its
+``role`` is a :class:`bwtf.estimator.cluster.roles.ClusterRole`; only its
 ``task_type``, ``task_id`` and ``cluster_spec`` (a dict of job name to
 ``host:port`` list) are read.
 """

@@ -11,7 +11,7 @@ them.
 batches actually evaluated), not copied from the dataset's metadata, so the
 result says how many examples the metrics really cover.
 
-Deliberately left out: choosing the checkpoint (``evaluate.py``) and
+Deliberately left out: choosing the checkpoint (``runner``) and
 distributing one evaluation over several processes.
 """
 import contextlib

@@ -1,6 +1,6 @@
 """The processes of a localhost cluster: layout, ports, start, log prefixes, shutdown.
 
-``launch.py`` turns flags into a :class:`LaunchPlan`; :func:`plan_tasks` lays
+``bwtf.estimator.launch`` turns flags into a :class:`LaunchPlan`; :func:`plan_tasks` lays
 the tasks out on free ports (one ``TF_CONFIG`` each) and :class:`Supervisor`
 runs them: every output line is prefixed with its task's name, SIGTERM/SIGINT
 reach the training tasks (never the ps tasks, which the chief's final save

@@ -33,7 +33,7 @@ source still named. ``num_ps=0`` (collective training) makes every task a
 worker. The evaluator is not part of the training cluster; it comes only from
 flags or TF_CONFIG.
 
-Deliberately left out: starting servers (``train`` and ``_ps_lifecycle`` do
+Deliberately left out: starting servers (``train`` and ``ps_lifecycle`` do
 that), GPU assignment (one GPU per process: the launcher sets
 ``CUDA_VISIBLE_DEVICES``), and any network probing.
 """

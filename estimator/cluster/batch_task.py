@@ -1,0 +1,137 @@
+"""The batch scripts' side of a job: one task that srun/mpiexec placed, checked, then run.
+
+``scripts/train.sbatch`` and ``scripts/train.pbs`` (through ``python -m
+bwtf.estimator.task``, the program over this module) compute a digest of the
+training flags once, then start one wrapper per task. The wrapper:
+
+* refuses to start when the task's flag files differ from those the batch
+  script saw (``flags_digest``), or when its TF_CONFIG port is taken;
+* asks Linux to kill it (and what it execs) when its parent dies
+  (``PR_SET_PDEATHSIG``), so no task outlives its launcher;
+* replaces itself with the training program (so signals and exit codes pass
+  unchanged), or, with a status folder, waits for the program and writes its
+  exit status to ``<status_dir>/task-<rank>.status`` (rank from the
+  scheduler's variables): ``srun``/``mpiexec`` report only the highest status
+  of a step, so the batch script reads these files to tell a chief that
+  stopped for requeue (75) from workers that a SIGTERM killed. In that mode
+  the wrapper survives SIGTERM/SIGINT/SIGUSR1, which the scheduler delivers to
+  the whole process group, so it can still write the status afterwards.
+
+``evaluator_tf_config`` is the TF_CONFIG of an evaluator that the batch script
+starts in a step of its own.
+
+Deliberately left out: deriving the roles (``roles`` does that from the
+scheduler's variables) and the localhost launcher (``local_supervisor``).
+"""
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from bwtf.estimator.cluster import flags_digest as _flags_digest
+from bwtf.estimator.cluster import local_supervisor as _local_cluster
+from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
+
+_PR_SET_PDEATHSIG = 1
+# Same order as bwtf.estimator.cluster.roles: the first one set names this task's rank.
+_RANK_VARIABLES = ("SLURM_PROCID", "PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
+
+
+def die_with_parent():
+    """Asks Linux to SIGKILL this process (and what it execs) when its parent dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # Not Linux: the launcher's own kill-on-exit still applies.
+    if os.getppid() == 1:  # The parent died before prctl took effect.
+        os._exit(128 + signal.SIGKILL)
+
+
+def _task_name():
+    """'chief:0' from TF_CONFIG, else 'rank 3' from the scheduler (for error messages)."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+        if task.get("type"):
+            return f"{task['type']}:{task.get('index', 0)}"
+    except (ValueError, AttributeError):
+        pass
+    return f"rank {_task_rank()}"
+
+
+def _own_tf_config_address():
+    """This task's host:port from TF_CONFIG, or None (malformed: train.py explains)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = config["task"]
+        return config["cluster"][task["type"]][task.get("index", 0)]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _task_rank():
+    for name in _RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return os.environ[name]
+    return f"pid{os.getpid()}"
+
+
+def _run_and_record(command, status_dir, log_dir):
+    """Runs ``command`` to its end and writes its exit status where the batch script looks."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        # A handler, not SIG_IGN: the child must not inherit an ignored signal.
+        signal.signal(signum, lambda *_: None)
+    log = None
+    if log_dir:  # mpiexec/aprun have no portable per-rank output option; srun does.
+        os.makedirs(log_dir, exist_ok=True)
+        log = open(os.path.join(log_dir, f"train-{_task_rank()}.log"), "ab")
+    child = subprocess.Popen(command, preexec_fn=die_with_parent, stdout=log, stderr=log)
+    while True:
+        try:
+            status = _local_cluster.exit_status(child.wait())
+            break
+        except InterruptedError:
+            continue
+    os.makedirs(status_dir, exist_ok=True)
+    path = os.path.join(status_dir, f"task-{_task_rank()}.status")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(f"{status}\n")
+    os.replace(path + ".tmp", path)
+    return status
+
+
+def exec_task(train_argv, expected_digest, module, status_dir, log_dir):
+    """Checks this task, then execs ``python -m module train_argv`` (or runs it, with ``status_dir``)."""
+    die_with_parent()
+    if expected_digest:
+        _flags_digest.check_flags_digest(train_argv, expected_digest, _task_name())
+    address = _own_tf_config_address()
+    if address:
+        try:
+            _ps_lifecycle.ensure_port_free(address)
+        except ValueError:
+            pass  # A malformed address: the training program's cluster check explains it.
+    command = [sys.executable, "-m", module] + list(train_argv)
+    if status_dir:
+        return _run_and_record(command, status_dir, log_dir)
+    os.execv(sys.executable, command)
+
+
+def evaluator_tf_config(train_argv):
+    """TF_CONFIG for an evaluator that srun/mpiexec start in a step of its own.
+
+    The evaluator reads checkpoints from --model_dir and contacts no other
+    task, but bwtf-train checks that its cluster has the shape the
+    distribution needs (ps tasks for --distribution=ps), so the placeholder
+    addresses (port 1, never contacted) follow the training flags.
+    """
+    distribution = "ps"
+    for arg in _flags_digest.expanded_args(train_argv):
+        if arg.startswith("--distribution="):
+            distribution = arg.split("=", 1)[1]
+    cluster = {"chief": ["localhost:1"]}
+    if distribution == "ps":
+        cluster["ps"] = ["localhost:2"]
+    return json.dumps({"cluster": cluster, "task": {"type": "evaluator", "index": 0}})

@@ -11,7 +11,7 @@ MIN_IMAGE_SIZE = 16
 DEFAULT_IMAGE_SIZE = 64
 EVAL_CROP = "resize_shorter_side"
 # No reference: what trains the digits in a few hundred steps.
-RECIPE = dict(base_lr=0.1, decay="cosine", weight_decay=1e-4, label_smoothing=0.1, warmup_fraction=0.0)
+RECIPE = dict(base_lr=0.2, decay="cosine", weight_decay=1e-4, label_smoothing=0.1, warmup_fraction=0.0)
 
 
 def logits(images, num_classes, training):

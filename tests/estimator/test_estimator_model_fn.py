@@ -37,7 +37,7 @@ def test_every_model_in_every_mode(name, tmp_path):
         assert "serving_default" in predict.export_outputs
     with tf.Graph().as_default():
         evaluate = _spec(train_config, _MODES.EVAL)
-        assert set(evaluate.eval_metric_ops) == {"precision_at_1", "precision_at_5"}
+        assert set(evaluate.eval_metric_ops) == {"precision_at_1", "precision_at_5", "cross_entropy"}
         assert evaluate.loss.shape.as_list() == []
     with tf.Graph().as_default():
         train = _spec(train_config, _MODES.TRAIN)

@@ -31,6 +31,20 @@ class FlagGroup:
         return {name: holder.value for name, holder in self.holders.items()}
 
 
+def given_but_unused(groups, used):
+    """Flag names of ``groups`` (FlagGroups) given on the command line or in a flagfile
+    that the program does not read (``used``: the flag names it reads), sorted."""
+    return sorted(holder.name for group in groups for holder in group.holders.values()
+                  if holder.present and holder.name not in used)
+
+
+def unused_flags_message(program, names, reason):
+    """The one-line refusal of flags ``program`` would ignore."""
+    listed = ", ".join(f"--{name}" for name in names)
+    verb, it = ("does", "it") if len(names) == 1 else ("do", "them")
+    return f"{listed} {verb} not apply to {program}, which would ignore {it} ({reason}); drop {it}"
+
+
 def _holders(**holders):
     return FlagGroup(holders)
 
@@ -88,22 +102,26 @@ def define_train_flags(flag_values=flags.FLAGS):
         precision=flags.DEFINE_enum("precision", "fp32", config.PRECISIONS,
                                     "Compute dtype; variables stay fp32; fp16 uses loss scaling.", flag_values=f),
         xla=flags.DEFINE_bool("xla", False, "Compile the model with XLA.", flag_values=f),
-        base_lr=flags.DEFINE_float("base_lr", 0.1, "Learning rate before scaling.", lower_bound=0.0,
-                                   flag_values=f),
+        base_lr=flags.DEFINE_float("base_lr", None, "Learning rate per 256 images of one update, before "
+                                   "scaling (default: the model's recipe, e.g. 0.1 for resnet50).",
+                                   lower_bound=0.0, flag_values=f),
         lr_scaling=flags.DEFINE_enum("lr_scaling", "linear", config.LR_SCALINGS,
-                                     "linear: x global_batch/256; sqrt: x sqrt(workers); none.", flag_values=f),
-        warmup_steps=flags.DEFINE_integer("warmup_steps", 0, "Linear LR warmup steps.", lower_bound=0,
-                                          flag_values=f),
-        lr_decay=flags.DEFINE_enum("lr_decay", "cosine", config.LR_DECAYS, "LR decay after warmup.",
-                                   flag_values=f),
-        lr_decay_boundaries=flags.DEFINE_list("lr_decay_boundaries", ["0.3", "0.6", "0.8"],
-                                              "Fractions of train_steps where step decay applies.",
-                                              flag_values=f),
+                                     "linear: x images per update/256 (per-worker batch when asynchronous, "
+                                     "global batch when synchronous); sqrt: x sqrt(workers per update); none.",
+                                     flag_values=f),
+        warmup_steps=flags.DEFINE_integer("warmup_steps", None, "Linear LR warmup steps (default: the "
+                                          "model's recipe, e.g. 5/90 of --train_steps for resnet50).",
+                                          lower_bound=0, flag_values=f),
+        lr_decay=flags.DEFINE_enum("lr_decay", None, config.LR_DECAYS,
+                                   "LR decay after warmup (default: the model's recipe).", flag_values=f),
+        lr_decay_boundaries=flags.DEFINE_list("lr_decay_boundaries", None,
+                                              "Fractions of train_steps where step decay applies (default: "
+                                              "the model's recipe, e.g. 30/90,60/90,80/90).", flag_values=f),
         lr_decay_factor=flags.DEFINE_float("lr_decay_factor", 0.1, "Step decay multiplier.", flag_values=f),
-        weight_decay=flags.DEFINE_float("weight_decay", 1e-4, "L2 factor (batch norm excluded).",
-                                        lower_bound=0.0, flag_values=f),
-        label_smoothing=flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing.", lower_bound=0.0,
-                                           upper_bound=0.99, flag_values=f),
+        weight_decay=flags.DEFINE_float("weight_decay", None, "L2 factor, batch norm excluded (default: "
+                                        "the model's recipe).", lower_bound=0.0, flag_values=f),
+        label_smoothing=flags.DEFINE_float("label_smoothing", None, "Label smoothing (default: the model's "
+                                           "recipe).", lower_bound=0.0, upper_bound=0.99, flag_values=f),
         momentum=flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0, upper_bound=0.999,
                                     flag_values=f),
         nesterov=flags.DEFINE_bool("nesterov", False, "Nesterov momentum.", flag_values=f),
@@ -150,28 +168,38 @@ def define_cluster_flags(flag_values=flags.FLAGS):
 
 
 def _decay_boundaries(text_values):
+    if text_values is None:
+        return None
     try:
-        return tuple(float(v) for v in text_values)
-    except ValueError:
+        return tuple(_fraction(v) for v in text_values)
+    except (ValueError, ZeroDivisionError):
         raise config.ConfigError(
-            f"--lr_decay_boundaries must be comma-separated fractions such as 0.3,0.6,0.8; "
+            f"--lr_decay_boundaries must be comma-separated fractions such as 0.3,0.6,0.8 or 30/90,60/90; "
             f"found {','.join(text_values)}") from None
 
 
-def optimizer_config(train_values):
-    """OptimizerConfig from ``define_train_flags().values()``."""
+def _fraction(text):
+    """A float, or a quotient such as 30/90."""
+    numerator, _, denominator = text.partition("/")
+    return float(numerator) / float(denominator) if denominator else float(numerator)
+
+
+def optimizer_config(train_values, model_name):
+    """OptimizerConfig from ``define_train_flags().values()``: the model's recipe, flags overriding it."""
     v = train_values
-    return config.OptimizerConfig(
-        base_lr=v["base_lr"], lr_scaling=v["lr_scaling"], warmup_steps=v["warmup_steps"],
-        decay=v["lr_decay"], decay_boundaries=_decay_boundaries(v["lr_decay_boundaries"]),
-        decay_factor=v["lr_decay_factor"], weight_decay=v["weight_decay"],
-        label_smoothing=v["label_smoothing"], momentum=v["momentum"], nesterov=v["nesterov"])
+    return config.optimizer_for_model(
+        model_name, v["train_steps"], base_lr=v["base_lr"], lr_scaling=v["lr_scaling"],
+        warmup_steps=v["warmup_steps"], decay=v["lr_decay"],
+        decay_boundaries=_decay_boundaries(v["lr_decay_boundaries"]), decay_factor=v["lr_decay_factor"],
+        weight_decay=v["weight_decay"], label_smoothing=v["label_smoothing"], momentum=v["momentum"],
+        nesterov=v["nesterov"])
 
 
-def dataset_config(data_values, image_size, num_classes=None):
-    """DatasetConfig from ``define_data_flags().values()``."""
+def dataset_config(data_values, image_size, num_classes=None, model_name=None):
+    """DatasetConfig from ``define_data_flags().values()``, with ``model_name``'s eval crop."""
     v = data_values
-    return config.DatasetConfig(
+    crop = models.eval_crop(model_name) if model_name else "resize_shorter_side"
+    return config.DatasetConfig(eval_crop=crop,
         name=v["dataset"], data_dir=v["data_dir"], image_size=image_size, num_classes=num_classes or None,
         use_synthetic_data=v["use_synthetic_data"], use_bbox_crop=v["use_bbox_crop"],
         train_split=v["train_split"], eval_split=v["eval_split"], shuffle_buffer=v["shuffle_buffer"],

@@ -8,9 +8,10 @@ files.
 
     ModelConfig(name, num_classes, image_size, class_names=(), label_texts=())
     OptimizerConfig(base_lr=0.1, lr_scaling="linear", warmup_steps=0,
-                    decay="cosine", decay_boundaries=(0.3, 0.6, 0.8),
+                    decay="cosine", decay_boundaries=(30/90, 60/90, 80/90),
                     decay_factor=0.1, weight_decay=1e-4, label_smoothing=0.1,
                     momentum=0.9, nesterov=False)
+    optimizer_for_model(model_name, train_steps, **overrides) -> OptimizerConfig
     TrainConfig(model, optimizer=OptimizerConfig(), batch_size=32,
                 num_workers=1, train_steps=1000, precision="fp32", xla=False,
                 distribution="none", sync_replicas=False, model_dir=None,
@@ -20,16 +21,28 @@ files.
                   num_classes=None, use_synthetic_data=False,
                   use_bbox_crop=False, train_split="train",
                   eval_split="validation", shuffle_buffer=10000, seed=None,
-                  min_crop_area=0.08)
+                  min_crop_area=0.08, eval_crop="resize_shorter_side")
 
 Learning rate (``OptimizerConfig``): the peak LR is ``base_lr`` scaled by
-``lr_scaling`` over the global batch (``batch_size * num_workers``):
-``linear`` gives base_lr * global_batch / 256 (Goyal et al.), ``sqrt`` gives
-base_lr * sqrt(num_workers) (the original Blue Waters scripts: 0.4 * sqrt(workers)
-with base_lr=0.4), ``none`` gives base_lr. It ramps linearly from 0 over
-``warmup_steps``, then decays over the remaining steps: ``cosine`` to zero,
-``step`` multiplies by ``decay_factor`` at each fraction of ``train_steps`` in
-``decay_boundaries``, ``constant`` keeps it.
+``lr_scaling`` over the batch of one update (``TrainConfig.update_batch_size``):
+the per-worker batch for asynchronous ps training, where each worker applies
+its own gradient, and the global batch (``batch_size * num_workers``) for
+``sync_replicas`` and ``collective``, where one update averages every worker's.
+``linear`` gives base_lr * update_batch / 256 (Goyal et al.; 8 async workers
+x 256 train at 0.1, 8 synchronous ones at 0.8), ``sqrt`` gives base_lr *
+sqrt(workers averaged per update) (the original Blue Waters scripts: 0.4 *
+sqrt(workers) with base_lr=0.4), ``none`` gives base_lr. It ramps linearly
+from 0 over ``warmup_steps``, then decays over the remaining steps:
+``cosine`` to zero, ``step`` multiplies by ``decay_factor`` at each fraction
+of ``train_steps`` in ``decay_boundaries``, ``constant`` keeps it.
+
+Defaults per model: ``optimizer_for_model`` starts from the model's reference
+recipe (``bwtf.estimator.models.recipe``: ResNet-50 from tensorflow/models'
+official ResNet, 0.1 per 256 images, 5 warmup epochs, x0.1 at epochs 30, 60,
+80 of 90; AlexNet from torchvision's references, 0.01 per 256, x0.1 every 30
+epochs; the sources are in each model's module) with warmup and boundaries as
+fractions of ``train_steps`` (so ``train_steps`` = 90 epochs reproduces the
+reference), and any field given overrides it.
 
 Deliberately left out: validation that needs I/O (whether data_dir holds the
 dataset, whether model_dir is writable); ``inputs`` and ``train`` do that.
@@ -44,6 +57,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTIONS = ("ps", "collective", "none")
 LR_SCALINGS = ("linear", "sqrt", "none")
 LR_DECAYS = ("cosine", "step", "constant")
+EVAL_CROPS = ("resize_shorter_side", "central_fraction")
 _LINEAR_SCALING_REFERENCE_BATCH = 256
 
 
@@ -98,7 +112,7 @@ class OptimizerConfig:
     lr_scaling: str = "linear"
     warmup_steps: int = 0
     decay: str = "cosine"
-    decay_boundaries: Tuple[float, ...] = (0.3, 0.6, 0.8)
+    decay_boundaries: Tuple[float, ...] = (30 / 90, 60 / 90, 80 / 90)
     decay_factor: float = 0.1
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
@@ -123,13 +137,27 @@ class OptimizerConfig:
         )
         _require(0 <= self.momentum < 1, f"momentum must be in [0, 1); found {self.momentum}")
 
-    def peak_lr(self, batch_size, num_workers):
-        """The LR reached after warmup for this per-worker batch and worker count."""
+    def peak_lr(self, update_batch_size, workers_per_update):
+        """The LR reached after warmup when one update averages ``update_batch_size``
+        images from ``workers_per_update`` workers (1 for asynchronous ps training)."""
         if self.lr_scaling == "linear":
-            return self.base_lr * batch_size * num_workers / _LINEAR_SCALING_REFERENCE_BATCH
+            return self.base_lr * update_batch_size / _LINEAR_SCALING_REFERENCE_BATCH
         if self.lr_scaling == "sqrt":
-            return self.base_lr * math.sqrt(num_workers)
+            return self.base_lr * math.sqrt(workers_per_update)
         return self.base_lr
+
+
+def optimizer_for_model(model_name, train_steps, **overrides):
+    """The model's reference recipe (see the module docstring), with ``overrides`` applied.
+
+    An override of None keeps the recipe's value; ``warmup_steps`` defaults to
+    the recipe's ``warmup_fraction`` of ``train_steps``.
+    """
+    fields = models.recipe(model_name)
+    fraction = fields.pop("warmup_fraction", 0.0)
+    fields["warmup_steps"] = int(round(fraction * train_steps))
+    fields.update({name: value for name, value in overrides.items() if value is not None})
+    return OptimizerConfig(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +201,18 @@ class TrainConfig:
         return self.batch_size * self.num_workers
 
     @property
+    def asynchronous(self):
+        """True when each worker applies its own gradients (ps without sync_replicas)."""
+        return self.distribution == "ps" and not self.sync_replicas
+
+    @property
+    def update_batch_size(self):
+        """Images in one update of the variables (one global step): the LR and throughput unit."""
+        return self.batch_size if self.asynchronous else self.global_batch_size
+
+    @property
     def peak_lr(self):
-        return self.optimizer.peak_lr(self.batch_size, self.num_workers)
+        return self.optimizer.peak_lr(self.update_batch_size, 1 if self.asynchronous else self.num_workers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +223,8 @@ class DatasetConfig:
     With ``use_synthetic_data`` the dataset is never opened and
     ``num_classes`` must be given. ``min_crop_area`` is the smallest
     fraction of the image a training crop keeps (0.08 for ImageNet; small,
-    centred objects such as digits train faster with 0.5).
+    centred objects such as digits train faster with 0.5). ``eval_crop`` is
+    the model's evaluation crop (``bwtf.estimator.models.eval_crop``).
     """
 
     name: str = "imagenet_archive"
@@ -199,8 +238,10 @@ class DatasetConfig:
     shuffle_buffer: int = 10000
     seed: Optional[int] = None
     min_crop_area: float = 0.08
+    eval_crop: str = "resize_shorter_side"
 
     def __post_init__(self):
+        _require_choice("eval_crop", self.eval_crop, EVAL_CROPS)
         _require(self.image_size >= 8, f"image_size must be at least 8; found {self.image_size}")
         _require(
             not self.use_synthetic_data or self.num_classes,

@@ -91,6 +91,23 @@ def _user_errors():
     return (EvalError, _eval_history.HistoryError) + _eval_setup.user_errors()
 
 
+# The flags of the train and data groups that bwtf-eval reads; every other one,
+# given, is refused: a --precision or --label_smoothing that silently changed
+# nothing would read as if it had.
+_USED_FLAGS = frozenset({
+    "model_dir", "batch_size", "eval_steps", "train_steps", "eval_throttle_secs",
+    "data_dir", "dataset", "use_synthetic_data", "eval_split",
+})
+_UNUSED_REASON = ("evaluation always computes in float32 and reports the per-example cross-entropy, "
+                  "without label smoothing or weight decay, whatever trained the model")
+
+
+def _refuse_unused_flags(cli_flags):
+    unused = _flags.given_but_unused([cli_flags["train"], cli_flags["data"]], _USED_FLAGS)
+    if unused:
+        raise EvalError(_flags.unused_flags_message("bwtf-eval", unused, _UNUSED_REASON))
+
+
 def _job_from_values(values):
     train_values, data_values = values["train"], values["data"]
     model_dir = train_values["model_dir"]
@@ -133,6 +150,7 @@ def main(argv, cli_flags):
     _tf_logging.route_tensorflow_logs_through_absl()
     values = {group: holders.values() for group, holders in cli_flags.items()}
     try:
+        _refuse_unused_flags(cli_flags)
         job = _job_from_values(values)
         if values["eval"]["continuous"]:
             sys.exit(_run_continuous(job, values))

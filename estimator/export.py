@@ -57,6 +57,10 @@ def _user_errors():
     return (ExportError, _export_labels.LabelsFileError) + _eval_setup.user_errors()
 
 
+# The data flags bwtf-export reads; any other one given is refused (it would change nothing).
+_USED_DATA_FLAGS = frozenset({"data_dir", "dataset", "use_synthetic_data", "eval_split"})
+
+
 def _export_from_values(values):
     own, data_values = values["export"], values["data"]
     if not own["model_dir"] and own["checkpoint"] in (None, "", "latest"):
@@ -83,6 +87,10 @@ def main(argv, cli_flags):
     _tf_logging.route_tensorflow_logs_through_absl()
     values = {group: holders.values() for group, holders in cli_flags.items()}
     try:
+        unused = _flags.given_but_unused([cli_flags["data"]], _USED_DATA_FLAGS)
+        if unused:
+            raise ExportError(_flags.unused_flags_message(
+                "bwtf-export", unused, "serving crops each image as evaluation does, without augmentation"))
         print(_export_from_values(values))
     except _user_errors() as error:
         print(f"bwtf-export: error: {error}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
     input_fn(dataset_config, mode, batch_size, input_context=None) -> tf.data.Dataset
     synthetic_input_fn(dataset_config, mode, batch_size, input_context=None)
-    eval_image_from_bytes(encoded_image, image_size) -> float32 [size, size, 3]
+    train_image_from_bytes(encoded_image, image_size, bboxes=None, ...) -> float32 [size, size, 3]
+    eval_image_from_bytes(encoded_image, image_size, crop) -> float32 [size, size, 3]
     dataset_metadata(dataset_config) -> DatasetMetadata   (validates the dataset)
 
 Both input functions yield ``(images, labels)``: float32 [batch, size, size, 3]
@@ -12,14 +13,24 @@ done on the whole batch there, it costs a third less CPU per image than here.
 ``batch_size`` is per worker. ``input_context`` (a ``tf.distribute.InputContext``)
 says which of the workers' input pipelines this is: training reads only its
 share of the dataset's files (``tfds.ReadConfig(input_context=...)``), or of
-its examples when the split has fewer files than there are workers.
+its examples when the split has fewer files than there are workers (then every
+worker reads the files in the same fixed order and keeps every N-th example,
+so the shares are disjoint whatever ``seed`` is; the shuffle buffer still
+shuffles each worker's share).
 
 Any TFDS dataset with an ``image`` and a ``label`` (ClassLabel) feature works;
 ``imagenet_archive`` from ``bwtf.data`` is the intended one. Images are read
 still encoded. Training decodes only a random crop (``decode_and_crop_jpeg``
 with ``sample_distorted_bounding_box``; with ``use_bbox_crop`` the crop must
 cover part of the dataset's ``bboxes``, as in Inception's preprocessing), then
-flips and resizes. Evaluation decodes the central 87.5% and resizes.
+flips and resizes, for every model. Evaluation (and the exported model's
+serving) crops the way the model's reference does (``crop``, the model's
+``bwtf.estimator.models.eval_crop``): "resize_shorter_side" is the ResNet
+protocol of tensorflow/models' ``imagenet_preprocessing`` and torchvision's
+references (shorter side resized to 256/224 of ``image_size`` keeping the
+aspect ratio, e.g. 256 for 224, then the central ``image_size`` square);
+"central_fraction" is Inception's (the central 87.5 % of each side, resized to
+the square, which stretches a non-square image).
 Grayscale images come out with three channels; datasets that store PNG
 (TFDS's default image encoding) take a full decode.
 
@@ -34,6 +45,7 @@ import tensorflow as tf
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _EVAL_CENTRAL_FRACTION = 0.875
+_RESIZE_SHORTER_SIDE_RATIO = 256 / 224
 _ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 _REQUIRED_FEATURES = ("image", "label")
 
@@ -166,13 +178,41 @@ def train_image_from_bytes(encoded_image, image_size, bboxes=None, min_crop_area
     return _resize(image, image_size)
 
 
-def eval_image_from_bytes(encoded_image, image_size, jpeg=True):
+def eval_image_from_bytes(encoded_image, image_size, crop, jpeg=True):
     """The evaluation (and serving) preprocessing of one encoded image.
 
-    Decodes the central 87.5% window and resizes it to ``image_size``; returns
-    float32 [image_size, image_size, 3] pixel values in [0, 255]. ``jpeg=False`` accepts any
-    format ``tf.io.decode_image`` reads.
+    ``crop`` is "resize_shorter_side" or "central_fraction" (module docstring);
+    returns float32 [image_size, image_size, 3] pixel values in [0, 255].
+    ``jpeg=False`` accepts any format ``tf.io.decode_image`` reads.
     """
+    if crop == "resize_shorter_side":
+        return _resize_shorter_side_and_center(encoded_image, image_size, jpeg)
+    if crop != "central_fraction":
+        raise ValueError(f"crop must be resize_shorter_side or central_fraction; found {crop!r}")
+    return _central_fraction(encoded_image, image_size, jpeg)
+
+
+def _resize_shorter_side_and_center(encoded_image, image_size, jpeg):
+    """Shorter side to round(image_size * 256/224), aspect kept; then the central square."""
+    if jpeg:
+        image = tf.io.decode_jpeg(encoded_image, channels=3)
+    else:
+        image = tf.io.decode_image(encoded_image, channels=3, expand_animations=False)
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    scale = round(image_size * _RESIZE_SHORTER_SIDE_RATIO) / tf.minimum(height, width)
+    # Rounded, not truncated: 500x375 gives 341x256, never 340x255.
+    new_height = tf.cast(tf.round(height * scale), tf.int32)
+    new_width = tf.cast(tf.round(width * scale), tf.int32)
+    image = tf.image.resize(image, [new_height, new_width], method=tf.image.ResizeMethod.BILINEAR)
+    top, left = (new_height - image_size) // 2, (new_width - image_size) // 2
+    image = tf.slice(image, [top, left, 0], [image_size, image_size, 3])
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def _central_fraction(encoded_image, image_size, jpeg):
+    """The central 87.5 % of each side, decoded alone and resized to the square."""
     shape = _image_shape(encoded_image, jpeg)
     height, width = shape[0], shape[1]
     crop_height = tf.cast(tf.cast(height, tf.float32) * _EVAL_CENTRAL_FRACTION, tf.int32)
@@ -204,16 +244,21 @@ def _raw_examples(dataset_config, training, input_context):
     pipelines = input_context.num_input_pipelines if (input_context and training) else 1
     num_files = builder.info.splits[split].num_shards
     sharded_by_file = pipelines > 1 and num_files >= pipelines
+    sharded_by_example = pipelines > 1 and not sharded_by_file
     dataset = builder.as_dataset(
         split=split,
-        shuffle_files=training,
+        # Sharding by example needs every worker to see the examples in the
+        # same order: a file order shuffled per worker made the shares overlap.
+        shuffle_files=training and not sharded_by_example,
         decoders={"image": tfds.decode.SkipDecoding()},
         read_config=_read_config(input_context, dataset_config, sharded_by_file),
     )
-    if pipelines > 1 and not sharded_by_file:
+    if sharded_by_example:
         # Too few files to give each worker its own: every worker reads all of
-        # them and keeps every N-th example, which is slower but still disjoint.
-        dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
+        # them in one fixed order and keeps every N-th example (see the module doc).
+        options = tf.data.Options()
+        options.deterministic = True
+        dataset = dataset.with_options(options).shard(pipelines, input_context.input_pipeline_id)
     return dataset
 
 
@@ -230,7 +275,7 @@ def input_fn(dataset_config, mode, batch_size, input_context=None):
             bboxes = example["bboxes"] if use_bboxes else None
             image = train_image_from_bytes(example["image"], size, bboxes, dataset_config.min_crop_area, jpeg)
         else:
-            image = eval_image_from_bytes(example["image"], size, jpeg)
+            image = eval_image_from_bytes(example["image"], size, dataset_config.eval_crop, jpeg)
         return image, tf.cast(example["label"], tf.int64)
 
     if training:

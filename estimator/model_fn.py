@@ -10,7 +10,16 @@ int [N] (None in PREDICT). ``params`` is a ``bwtf.estimator.config.TrainConfig``
 
 * PREDICT: predictions ``classes`` [N] int64, ``probabilities`` [N, C] float32,
   ``top_5_classes`` [N, min(5, C)] int32, plus a "serving_default" PredictOutput.
-* EVAL: metrics ``precision_at_1`` and ``precision_at_5`` (``in_top_k``) and the loss.
+* EVAL: metrics ``precision_at_1`` (the argmax is the label), ``precision_at_5``
+  (the label is among ``top_5_classes``) and ``cross_entropy``: the mean over
+  examples of the plain cross-entropy, without label smoothing or weight decay,
+  so it does not change with the batch size or the training regularisers
+  (bwtf-eval and the training log report it as the loss; the Estimator's own
+  "loss" metric is a mean of per-batch means). Ties go to the lower class
+  index, as in ``classes``: a tie never counts as a hit for several classes.
+* EVAL and PREDICT always compute in float32, whatever ``precision`` trained
+  the model, so the in-training evaluation, the evaluator task, bwtf-eval
+  and the exported model give the same numbers for the same checkpoint.
 * TRAIN: cross-entropy with label smoothing plus L2 weight decay (batch-norm
   parameters excluded), momentum SGD (optionally Nesterov) on the schedule in
   ``bwtf.estimator.config``; SyncReplicasOptimizer with ``sync_replicas``;
@@ -23,8 +32,10 @@ save, walltime/signal stop) are returned as ``training_chief_hooks``; a
 non-chief ps worker gets ``_worker_stop.WorkerStopHook`` so it stops on the
 same signals (and ``train.py`` exits with ``ckpt.EXIT_REQUEUE``).
 
-Precision: "bf16"/"fp16" compute in that dtype while every variable stays
-float32 (a custom getter casts on read); logits and the loss are float32.
+Precision: "bf16"/"fp16" compute in that dtype (in TRAIN) while every variable
+stays float32 (a custom getter casts on read); the classifier layer, the
+logits and the loss are float32. In TRAIN the model's trainable parameter
+count is logged once ("resnet50: 25,557,032 trainable parameters").
 ``xla`` compiles the forward and backward pass with ``tf.xla.experimental.jit_scope``,
 which works on CPU and GPU alike.
 
@@ -37,6 +48,7 @@ RunConfig (``train``), exporting (``export``).
 import contextlib
 
 import tensorflow as tf
+from absl import logging
 
 from bwtf import ckpt
 from bwtf.estimator import models
@@ -48,6 +60,7 @@ from bwtf.estimator.training.schedule import learning_rate
 _COMPUTE_DTYPES = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
 _TOP_K = 5
 MODEL_SCOPE = "model"
+CROSS_ENTROPY = "cross_entropy"
 _CHANNEL_MEANS = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 _CHANNEL_STDDEVS = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
@@ -100,6 +113,10 @@ def _predictions(logits):
     }
 
 
+def _cross_entropy_per_example(logits, labels):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
+
+
 def _loss(logits, labels, config):
     onehot = tf.one_hot(labels, config.model.num_classes)
     cross_entropy = tf.compat.v1.losses.softmax_cross_entropy(
@@ -114,12 +131,20 @@ def _loss(logits, labels, config):
     return cross_entropy + config.optimizer.weight_decay * l2
 
 
-def _eval_metrics(logits, labels):
-    labels = tf.cast(labels, tf.int32)
-    k = min(_TOP_K, logits.shape[-1])
+def _hits(predictions, labels):
+    """Per example: 1.0 when ``labels`` is in ``predictions`` [N] or [N, K], else 0.0."""
+    labels = tf.cast(labels, predictions.dtype)
+    if predictions.shape.rank == 1:
+        return tf.cast(tf.equal(predictions, labels), tf.float32)
+    return tf.cast(tf.reduce_any(tf.equal(predictions, labels[:, None]), axis=1), tf.float32)
+
+
+def _eval_metrics(logits, labels, predictions):
+    """Per-example means over the whole evaluation, whatever the batch size (see module doc)."""
     return {
-        "precision_at_1": tf.compat.v1.metrics.mean(tf.math.in_top_k(targets=labels, predictions=logits, k=1)),
-        "precision_at_5": tf.compat.v1.metrics.mean(tf.math.in_top_k(targets=labels, predictions=logits, k=k)),
+        "precision_at_1": tf.compat.v1.metrics.mean(_hits(predictions["classes"], labels)),
+        "precision_at_5": tf.compat.v1.metrics.mean(_hits(predictions["top_5_classes"], labels)),
+        CROSS_ENTROPY: tf.compat.v1.metrics.mean(_cross_entropy_per_example(logits, labels)),
     }
 
 
@@ -152,8 +177,7 @@ def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief):
     with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
         with _xla_scope(config):
             train_op = optimizer.minimize(loss, global_step=global_step)
-    correct = tf.math.in_top_k(targets=tf.cast(labels, tf.int32), predictions=logits, k=1)
-    precision_at_1 = tf.reduce_mean(tf.cast(correct, tf.float32))
+    precision_at_1 = tf.reduce_mean(_hits(tf.argmax(logits, axis=1), labels))
     tf.compat.v1.summary.scalar("train_precision_at_1", precision_at_1)
     progress = _progress.ProgressHook(
         loss=loss, learning_rate=lr, precision_at_1=precision_at_1, config=config,
@@ -172,6 +196,11 @@ def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief):
         training_hooks=training_hooks, training_chief_hooks=chief_hooks)
 
 
+def _log_parameter_count(model_name):
+    count = models.parameter_count(tf.compat.v1.trainable_variables(MODEL_SCOPE))
+    logging.log_first_n(logging.INFO, "%s: %s trainable parameters", 1, model_name, f"{count:,}")
+
+
 def _policy(config):
     return config.checkpoint_policy if config.checkpoint_policy is not None else ckpt.CheckpointPolicy()
 
@@ -181,19 +210,23 @@ def model_fn(features, labels, mode, params, config=None):
     train_config = params
     model_dir = train_config.model_dir or (config.model_dir if config is not None else None)
     training = mode == tf.estimator.ModeKeys.TRAIN
+    # Evaluation and serving in float32: see the module docstring.
+    precision = train_config.precision if training else "fp32"
     with _xla_scope(train_config):
-        logits = build_logits(_image_from(features), train_config.model, training, train_config.precision)
+        logits = build_logits(_image_from(features), train_config.model, training, precision)
+    if training:
+        _log_parameter_count(train_config.model.name)
     scaffold = ckpt.gathered_scaffold(model_dir, _policy(train_config), device=train_config.checkpoint_device)
     predictions = _predictions(logits)
     if mode == tf.estimator.ModeKeys.PREDICT:
         return tf.estimator.EstimatorSpec(
             mode, predictions=predictions, scaffold=scaffold,
             export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
-    loss = _loss(logits, labels, train_config)
     if mode == tf.estimator.ModeKeys.EVAL:
         return tf.estimator.EstimatorSpec(
-            mode, loss=loss, predictions=predictions, scaffold=scaffold,
-            eval_metric_ops=_eval_metrics(logits, labels))
+            mode, loss=tf.reduce_mean(_cross_entropy_per_example(logits, labels)), predictions=predictions,
+            scaffold=scaffold, eval_metric_ops=_eval_metrics(logits, labels, predictions))
+    loss = _loss(logits, labels, train_config)
     is_chief = config.is_chief if config is not None else True
     return _train_spec(train_config, logits, labels, loss, scaffold, model_dir, is_chief)
 

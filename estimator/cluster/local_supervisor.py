@@ -7,7 +7,8 @@ reach the training tasks (never the ps tasks, which the chief's final save
 still needs), a task killed from outside may be restarted, and when the chief
 has ended the others get a bounded grace period before their process groups
 are killed (a worker left running once the chief and every ps have ended can
-never finish, so it gets 30 s). Children also die with the launcher
+never finish, so it gets 30 s; a collective worker cannot go on without the
+chief at all, so it is killed 10 s after the chief ended). Children also die with the launcher
 (``PR_SET_PDEATHSIG``, set by the ``--task`` wrapper before it execs the
 training program), so nothing is left behind even when the launcher is
 SIGKILLed.
@@ -33,6 +34,10 @@ _POLL_SECS = 0.2
 # waits for a ps that will not come back (e.g. its session was being rebuilt
 # after a ps restart): it can never finish, so it is stopped.
 _ORPHANED_WORKER_GRACE_SECS = 30.0
+# A collective worker whose chief ended retries its all-reduce with the chief
+# forever, deaf to SIGTERM (it never returns to Python); only the chief saves,
+# so killing it loses nothing. Its own watchdog (train.py) usually ends it first.
+_COLLECTIVE_WORKER_GRACE_SECS = 10.0
 
 
 class LaunchError(ValueError):
@@ -300,6 +305,7 @@ class Supervisor:
                     task.send(signal.SIGTERM)
         deadline = time.monotonic() + self._plan.shutdown_grace_secs
         orphaned_since = None
+        collective_deadline = time.monotonic() + _COLLECTIVE_WORKER_GRACE_SECS
         while time.monotonic() < deadline:
             self._handle_signals()
             running = [t for t in self._tasks if t.process.poll() is None]
@@ -308,6 +314,9 @@ class Supervisor:
                     self._report_end(task)
             if not running:
                 return
+            if self._plan.distribution == "collective" and time.monotonic() > collective_deadline:
+                self._kill_collective_workers(running)
+                collective_deadline = float("inf")
             if orphaned_since is None and self._workers_orphaned(running):
                 orphaned_since = time.monotonic()
             if orphaned_since is not None and time.monotonic() - orphaned_since > _ORPHANED_WORKER_GRACE_SECS:
@@ -331,6 +340,17 @@ class Supervisor:
         for task in workers:
             task.signalled = True
             task.send(signal.SIGTERM)
+
+    def _kill_collective_workers(self, running):
+        workers = [t for t in running if t.spec.task_type == "worker"]
+        if not workers:
+            return
+        self._output.line("launch", f"{', '.join(t.spec.name for t in workers)} still running "
+                                    f"{_COLLECTIVE_WORKER_GRACE_SECS:.0f}s after the chief ended; a collective "
+                                    "worker cannot go on without the chief, so it is killed")
+        for task in workers:
+            task.signalled = True
+            task.send(signal.SIGKILL)
 
     def _kill_all(self):
         for task in self._tasks:

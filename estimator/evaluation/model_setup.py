@@ -46,7 +46,8 @@ def model_setup(model_values, data_values, model_dir, split, batch_size=32, *, s
     requested_classes = model_values["num_classes"]
     dataset = dataclasses.replace(
         _flags.dataset_config(data_values, size,
-                              (requested_classes or SYNTHETIC_NUM_CLASSES) if synthetic else None),
+                              (requested_classes or SYNTHETIC_NUM_CLASSES) if synthetic else None,
+                              model_name=model_values["model"]),
         eval_split=split)
     metadata = None
     if synthetic:

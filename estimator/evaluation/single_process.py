@@ -23,7 +23,10 @@ import tensorflow as tf
 from bwtf.estimator import model_fn as model_fn_lib
 
 NUM_EXAMPLES = "num_examples"
-REPORTED = ("precision_at_1", "precision_at_5", "loss")
+# Reported name: metric name. "loss" is the per-example mean cross-entropy
+# (model_fn.CROSS_ENTROPY), not the Estimator's mean of per-batch losses.
+REPORTED = {"precision_at_1": "precision_at_1", "precision_at_5": "precision_at_5",
+            "loss": model_fn_lib.CROSS_ENTROPY}
 
 
 @contextlib.contextmanager
@@ -74,7 +77,7 @@ def evaluate_checkpoint(estimator, input_fn, checkpoint_path, split, steps=None)
     """
     results = estimator.evaluate(
         input_fn, steps=steps, checkpoint_path=checkpoint_path, name=split)
-    record = {name: float(results[name]) for name in REPORTED}
+    record = {name: float(results[metric]) for name, metric in REPORTED.items()}
     record["global_step"] = int(results[tf.compat.v1.GraphKeys.GLOBAL_STEP])
     record[NUM_EXAMPLES] = int(results[NUM_EXAMPLES])
     record["checkpoint"] = checkpoint_path

@@ -4,10 +4,21 @@ Every model is a function from a float NHWC image batch to unscaled logits,
 built with plain ``tf.compat.v1.layers`` inside the caller's graph (``model_fn``
 calls it; nothing here owns a graph, a session or a loss). Models:
 
-  resnet50      ResNet-50 v1.5 (stride on the 3x3 conv), native 224
-  inception_v3  Inception v3 without the auxiliary head, native 299, min 75
-  alexnet       AlexNet with batch norm, native 224
-  small_cnn     a four-block CNN for CPU demos and tests, native 64
+  resnet50      ResNet-50 v1.5 (stride on the 3x3 conv), native 224, 25,557,032 parameters
+  inception_v3  Inception v3 without the auxiliary head, native 299, min 75, 23,834,568
+  alexnet       torchvision's AlexNet, native 224, 61,100,840
+  small_cnn     a four-block CNN for CPU demos and tests, native 64, 125,688
+
+(trainable parameters at 1,000 classes). Each model module also states:
+
+  EVAL_CROP  how evaluation and serving crop an image for it: "resize_shorter_side"
+             (the ResNet protocol: shorter side to 256/224 of the input size,
+             keeping the aspect ratio, then the central square) or
+             "central_fraction" (Inception's: the central 87.5 % of each side,
+             resized to the input size); ``bwtf.estimator.inputs`` implements both.
+  RECIPE     its reference training recipe, as ``OptimizerConfig`` fields plus
+             ``warmup_fraction`` (of train_steps), with the source in a comment;
+             ``bwtf.estimator.config.optimizer_for_model`` applies it.
 
 Deliberately left out: channels_first, pretrained weights, Keras models.
 """
@@ -41,6 +52,21 @@ def default_image_size(name):
 def min_image_size(name):
     """The smallest side length the model's strides and valid paddings accept."""
     return _module(name).MIN_IMAGE_SIZE
+
+
+def eval_crop(name):
+    """"resize_shorter_side" or "central_fraction" (see the module docstring)."""
+    return _module(name).EVAL_CROP
+
+
+def recipe(name):
+    """The model's reference training recipe: a dict of OptimizerConfig fields and warmup_fraction."""
+    return dict(_module(name).RECIPE)
+
+
+def parameter_count(variables):
+    """How many numbers ``variables`` hold (e.g. the trainable variables of a built model)."""
+    return sum(variable.shape.num_elements() for variable in variables)
 
 
 def logits(name, images, num_classes, training):

@@ -49,13 +49,23 @@ def conv_bn_relu(inputs, filters, kernel_size, training, strides=1, padding="sam
 
 
 def dense(inputs, units, name=None):
-    """The classifier layer: small-normal init, with a bias."""
+    """A fully connected layer: small-normal init, with a bias."""
     return _v1_layers.dense(
         inputs,
         units,
         kernel_initializer=tf.compat.v1.random_normal_initializer(stddev=0.01),
         name=name,
     )
+
+
+def classifier(inputs, num_classes):
+    """The last layer, ``logits``, computed in float32 whatever the compute dtype.
+
+    bf16 keeps 8 bits of mantissa: logits rounded to it tie often, and a tie
+    for the top score would make precision@1 depend on how ties are broken.
+    The float32 matmul costs one layer of the network.
+    """
+    return dense(tf.cast(inputs, tf.float32), num_classes, name="logits")
 
 
 def global_average_pool(inputs):

@@ -12,6 +12,13 @@ from bwtf.estimator.models import _layers
 
 MIN_IMAGE_SIZE = 75
 DEFAULT_IMAGE_SIZE = 299
+EVAL_CROP = "central_fraction"
+# bwtf trains with momentum SGD only, so the paper's RMSProp schedule (0.045,
+# x0.94 every 2 epochs) is not reproduced: the ResNet schedule above is used
+# with Inception's own regularisers, label smoothing 0.1 (Szegedy et al. 2016,
+# section 7) and TF-slim's inception_v3_arg_scope weight decay 4e-5.
+RECIPE = dict(base_lr=0.1, decay="step", decay_boundaries=(30 / 90, 60 / 90, 80 / 90), weight_decay=4e-5,
+              label_smoothing=0.1, warmup_fraction=5 / 90)
 _DROPOUT = 0.2
 
 
@@ -111,4 +118,4 @@ def logits(images, num_classes, training):
             net = _block_8(net, training)
     net = _layers.global_average_pool(net)
     net = tf.compat.v1.layers.dropout(net, _DROPOUT, training=training)
-    return _layers.dense(net, num_classes, name="logits")
+    return _layers.classifier(net, num_classes)

@@ -11,6 +11,12 @@ from bwtf.estimator.models import _layers
 
 MIN_IMAGE_SIZE = 32
 DEFAULT_IMAGE_SIZE = 224
+EVAL_CROP = "resize_shorter_side"
+# tensorflow/models official ResNet (resnet_run_loop.learning_rate_with_decay as
+# imagenet_main calls it): 0.1 per 256 images, 5 warmup epochs, x0.1 at epochs
+# 30, 60 and 80 of 90, weight decay 1e-4, momentum 0.9, no label smoothing.
+RECIPE = dict(base_lr=0.1, decay="step", decay_boundaries=(30 / 90, 60 / 90, 80 / 90), weight_decay=1e-4,
+              label_smoothing=0.0, warmup_fraction=5 / 90)
 _STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))
 
 
@@ -37,4 +43,4 @@ def logits(images, num_classes, training):
             with tf.compat.v1.variable_scope(f"stage{stage + 1}/block{block + 1}"):
                 net = _bottleneck(net, filters, strides, training, project=(block == 0))
     net = _layers.global_average_pool(net)
-    return _layers.dense(net, num_classes, name="logits")
+    return _layers.classifier(net, num_classes)

@@ -1,4 +1,4 @@
-"""A four-block CNN for CPU demos and tests (about 0.1M parameters).
+"""A four-block CNN for CPU demos and tests (125,688 parameters at 1,000 classes).
 
 Big enough to reach >0.95 precision@1 on the 10-class digits sample archive
 in a few hundred steps; deliberately nothing like an ImageNet model.
@@ -9,6 +9,9 @@ from bwtf.estimator.models import _layers
 
 MIN_IMAGE_SIZE = 16
 DEFAULT_IMAGE_SIZE = 64
+EVAL_CROP = "resize_shorter_side"
+# No reference: what trains the digits in a few hundred steps.
+RECIPE = dict(base_lr=0.2, decay="cosine", weight_decay=1e-4, label_smoothing=0.1, warmup_fraction=0.0)
 
 
 def logits(images, num_classes, training):
@@ -17,4 +20,4 @@ def logits(images, num_classes, training):
         net = _layers.conv_bn_relu(net, filters, 3, training, name=f"block{index + 1}")
         net = tf.compat.v1.layers.max_pooling2d(net, 2, 2, padding="same")
     net = _layers.global_average_pool(net)
-    return _layers.dense(net, num_classes, name="logits")
+    return _layers.classifier(net, num_classes)

@@ -10,7 +10,9 @@ writes ``export_dir`` as a TF1 SavedModel (tag ``serve``) with one signature,
 ``serving.signature``). Bytes that are not a decodable JPEG give that row
 ``valid=False`` and an ``error`` text; the request itself succeeds.
 ``assets.extra/bwtf_export.json`` records the model, class count, image size,
-checkpoint and step.
+checkpoint, step and the eval crop. Each image is cropped as the model's
+evaluation crops it (``inputs.eval_image_from_bytes`` with the model's
+``eval_crop``) and the model runs in float32.
 
 Devices are cleared (``clear_devices=True``), so the export loads on one CPU
 whatever cluster trained the model, and it needs only TensorFlow: no bwtf code
@@ -32,7 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from bwtf import ckpt
-from bwtf.estimator import config, inputs, model_fn
+from bwtf.estimator import config, inputs, model_fn, models
 from bwtf.estimator.serving import signature as serving_signature
 
 METADATA_FILE = os.path.join("assets.extra", "bwtf_export.json")
@@ -55,12 +57,14 @@ def refuse_existing(export_dir, overwrite):
 def _build_and_save(staging_dir, checkpoint_prefix, model_config):
     """Restores the checkpoint into the serving graph and saves it to ``staging_dir``."""
     size = model_config.image_size
+    # The model's own evaluation crop: serving sees what evaluation measured.
+    crop = models.eval_crop(model_config.name)
     with tf.Graph().as_default():
         jpegs = tf.compat.v1.placeholder(tf.string, [None], name=serving_signature.INPUT_KEY)
         outputs = serving_signature.serving_outputs(
             jpegs,
             logits_fn=lambda images: model_fn.build_logits(images, model_config, training=False),
-            preprocess_jpeg=lambda encoded: inputs.eval_image_from_bytes(encoded, size),
+            preprocess_jpeg=lambda encoded: inputs.eval_image_from_bytes(encoded, size, crop),
             image_size=size, class_names=model_config.class_names,
             label_texts=model_config.label_texts)
         # bwtf.ckpt's restore: verified, and a checkpoint that broke or vanished
@@ -88,6 +92,7 @@ def _write_metadata(staging_dir, checkpoint_prefix, model_config, global_step):
         json.dump({"model": model_config.name, "num_classes": model_config.num_classes,
                    "image_size": model_config.image_size, "checkpoint": checkpoint_prefix,
                    "global_step": global_step, "signature": SIGNATURE_KEY,
+                   "eval_crop": models.eval_crop(model_config.name),
                    "input": serving_signature.INPUT_KEY}, stream, indent=2, sort_keys=True)
 
 

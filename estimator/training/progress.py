@@ -19,10 +19,10 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
         self._fetches = {"loss": loss, "lr": learning_rate, "precision_at_1": precision_at_1}
         self._config = config
         self._summary_dir = summary_dir
-        async_ps = config.distribution == "ps" and not config.sync_replicas
         # An async worker's step moves the global step by one with its own batch;
-        # synchronous and collective steps consume every worker's batch at once.
-        self._images_per_global_step = config.batch_size if async_ps else config.global_batch_size
+        # synchronous and collective steps consume every worker's batch at once
+        # (the same accounting as the learning rate's, see config).
+        self._images_per_global_step = config.update_batch_size
         self._local_steps = 0
         self._start = None
         self._last = None

@@ -28,7 +28,9 @@ def _scheduled(global_step, train_config):
         progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
         decayed = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
     elif optimizer.decay == "step":
-        boundaries = [int(b * train_config.train_steps) for b in optimizer.decay_boundaries]
+        # Rounded: 80/90 of 9000 steps is 8000, even when the float product is 7999.999.
+        # As in the reference (piecewise_constant), a boundary step keeps the old value.
+        boundaries = [int(round(b * train_config.train_steps)) for b in optimizer.decay_boundaries]
         values = [peak * optimizer.decay_factor ** i for i in range(len(boundaries) + 1)]
         decayed = tf.compat.v1.train.piecewise_constant(
             tf.cast(global_step, tf.int64), [tf.cast(b, tf.int64) for b in boundaries], values)

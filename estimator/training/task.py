@@ -12,7 +12,9 @@ own after the checkpoint at ``--train_steps`` (0), or after
 ``--eval_timeout_secs`` without a new one (1). ``--distribution=ps`` (the
 default) keeps the variables on the ps tasks, updated asynchronously or, with
 ``--sync_replicas``, synchronously; ``collective`` uses
-MultiWorkerMirroredStrategy (all-reduce, no ps); ``none`` (or any single-task
+MultiWorkerMirroredStrategy (all-reduce, no ps; built before anything else
+runs TensorFlow, one replica per worker or the task refuses to start, and a
+worker whose chief vanished exits 70 after 10 s); ``none`` (or any single-task
 job) trains in this process and evaluates every ``--eval_every_steps``.
 
 With ``--sync_replicas`` the chief closes its training session as soon as it
@@ -43,6 +45,8 @@ from bwtf.estimator.evaluation import runner as evaluate
 
 _DEFAULT_SAVE_SECS = 600
 DEFAULT_EVAL_TIMEOUT_SECS = 3600.0
+# A collective worker whose chief is gone cannot train on (see _run_chief_or_worker).
+_COLLECTIVE_CHIEF_TIMEOUT_SECS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +105,7 @@ def _build_job(values, role):
         # that report results (the chief and the evaluator) name classes.
         with_label_texts=role.is_chief or role.task_type == "evaluator")
     train = config.TrainConfig(
-        model=setup.train.model, optimizer=_flags.optimizer_config(train_values),
+        model=setup.train.model, optimizer=_flags.optimizer_config(train_values, setup.train.model.name),
         batch_size=train_values["batch_size"], num_workers=role.num_workers,
         train_steps=train_values["train_steps"], precision=train_values["precision"], xla=train_values["xla"],
         distribution=distribution, sync_replicas=train_values["sync_replicas"] and distribution == "ps",
@@ -140,11 +144,41 @@ def _tf_config(text):
             os.environ["TF_CONFIG"] = previous
 
 
-def _estimator(train_config, role_tf_config, collective=False):
+def _uses_collective_strategy(values, role):
+    return (values["train"]["distribution"] == "collective" and role.is_distributed
+            and role.task_type in ("chief", "worker"))
+
+
+def _collective_strategy(role):
+    """MultiWorkerMirroredStrategy, built before anything runs TensorFlow eagerly.
+
+    TF configures collective ops in the eager context, which must not exist
+    yet: reading the dataset's label texts first made TF raise "Collective ops
+    must be configured at program startup". The strategy starts this task's
+    server, so the port is checked before.
+    """
+    import tensorflow as tf
+
+    _ps_lifecycle.ensure_port_free(role.address)
+    with _tf_config(role.tf_config_json()):
+        strategy = tf.compat.v1.distribute.experimental.MultiWorkerMirroredStrategy()
+    replicas = strategy.num_replicas_in_sync
+    if replicas != role.num_workers:
+        gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+        raise cluster.ClusterError(
+            f"--distribution=collective expects one device per worker, {role.num_workers} replicas in "
+            f"all, but the strategy found {replicas} (this worker sees {len(gpus)} GPU(s): "
+            f"{', '.join(gpus) or 'none'}). Give every worker process exactly one GPU: set "
+            "CUDA_VISIBLE_DEVICES per task (srun --gpus-per-task=1, or the local rank under mpiexec), "
+            "or start one worker per GPU")
+    logging.info("collective strategy: %d replicas in sync, one per worker", replicas)
+    return strategy
+
+
+def _estimator(train_config, role_tf_config, strategy=None):
     import tensorflow as tf
 
     with _tf_config(role_tf_config):
-        strategy = tf.compat.v1.distribute.experimental.MultiWorkerMirroredStrategy() if collective else None
         run_config = tf.estimator.RunConfig(
             model_dir=train_config.model_dir,
             # The stock CheckpointSaverHook would write sharded files from every
@@ -185,7 +219,8 @@ def _train_single_process(job, estimator, train_fn, eval_fn):
             break
         metrics = estimator.evaluate(eval_fn, steps=job.eval_steps or None)
         logging.info("evaluation at step %d: precision@1 %.4f precision@5 %.4f loss %.4f",
-                     metrics["global_step"], metrics["precision_at_1"], metrics["precision_at_5"], metrics["loss"])
+                     metrics["global_step"], metrics["precision_at_1"], metrics["precision_at_5"],
+                     metrics[model_fn.CROSS_ENTROPY])
     return metrics
 
 
@@ -206,19 +241,26 @@ def _log_start(job):
     data = "synthetic data" if job.data.use_synthetic_data else f"{job.data.name} in {job.data.data_dir}"
     logging.info(
         "task %s:%d (%s, distribution=%s%s): %s, %s with %d classes at %dpx, batch %d per worker x %d = %d "
-        "global, %d steps, peak lr %.4f, precision %s%s, model_dir %s",
+        "global, %d images per update, %d steps, peak lr %.4f (%s), precision %s%s, model_dir %s",
         job.role.task_type, job.role.task_id, job.role.source, job.train.distribution,
         " sync" if job.train.sync_replicas else "", data, job.train.model.name, job.train.model.num_classes,
         job.train.model.image_size, job.train.batch_size, job.train.num_workers, job.train.global_batch_size,
-        job.train.train_steps, job.train.peak_lr, job.train.precision, " +xla" if job.train.xla else "",
-        job.train.model_dir)
+        job.train.update_batch_size, job.train.train_steps, job.train.peak_lr, _schedule_text(job.train.optimizer),
+        job.train.precision, " +xla" if job.train.xla else "", job.train.model_dir)
+
+
+def _schedule_text(optimizer):
+    decay = optimizer.decay
+    if decay == "step":
+        decay += " at " + ",".join(f"{b:.3g}" for b in optimizer.decay_boundaries) + " of the steps"
+    return (f"base {optimizer.base_lr:g} {optimizer.lr_scaling}, warmup {optimizer.warmup_steps} steps, "
+            f"{decay}, weight decay {optimizer.weight_decay:g}, label smoothing {optimizer.label_smoothing:g}")
 
 
 def _log_summary(job, metrics, start_step, wall_secs):
     latest = ckpt.latest_intact_checkpoint(job.train.model_dir)
     step = latest.step if latest else start_step
-    async_ps = job.train.distribution == "ps" and not job.train.sync_replicas
-    images = (step - start_step) * (job.train.batch_size if async_ps else job.train.global_batch_size)
+    images = (step - start_step) * job.train.update_batch_size
     logging.info(
         "done: %d steps (%d this run) in %.1f s, %.1f images/s mean, final precision@1 %s, newest checkpoint %s",
         step, step - start_step, wall_secs, images / max(wall_secs, 1e-9),
@@ -226,13 +268,12 @@ def _log_summary(job, metrics, start_step, wall_secs):
         latest.path if latest else "none")
 
 
-def _train(job):
+def _train(job, strategy=None):
     # Estimator's "max_steps already saved" decision goes through the verified
     # reader (a worker checks sizes only; the chief has verified in full).
     ckpt.install_estimator_step_reader(full=job.role.is_chief)
     train_fn, eval_fn = _input_fns(job)
-    estimator = _estimator(job.train, job.role.tf_config_json(),
-                           collective=job.train.distribution == "collective")
+    estimator = _estimator(job.train, job.role.tf_config_json(), strategy)
     latest = ckpt.latest_intact_checkpoint(job.train.model_dir) if job.role.is_chief else None
     start_step, start = (latest.step if latest else 0), time.monotonic()
     if job.role.is_distributed:
@@ -265,17 +306,21 @@ def _run_evaluator(job):
     return 0 if outcome.reason == "final" else 1
 
 
-def _run_chief_or_worker(job):
-    if job.role.is_distributed and job.role.address:
+def _run_chief_or_worker(job, strategy=None):
+    if job.role.is_distributed and job.role.address and strategy is None:
         _ps_lifecycle.ensure_port_free(job.role.address)
     if job.role.task_type == "worker" and job.role.num_ps:
         # Under srun/mpiexec nothing else ends a worker stuck after the chief finished.
         _ps_lifecycle.start_worker_watchdog(job.role)
+    elif job.role.task_type == "worker" and strategy is not None:
+        # A collective worker whose chief died retries its all-reduce forever;
+        # no restarted chief can rejoin the ring, so there is nothing to wait for.
+        _ps_lifecycle.start_worker_watchdog(job.role, chief_timeout_secs=_COLLECTIVE_CHIEF_TIMEOUT_SECS)
     if not (job.role.is_chief and job.role.num_ps):
-        return _train(job)
+        return _train(job, strategy)
     status = 1
     try:
-        status = _train(job)
+        status = _train(job, strategy)
         return status
     finally:
         # The ps tasks exit only when told; tell them even when training failed.
@@ -287,9 +332,10 @@ def run_task(values):
     role = _resolve_role(values["cluster"], values["train"]["distribution"])
     if role.task_type == "ps":
         return _ps_lifecycle.serve_parameter_server(role)
+    strategy = _collective_strategy(role) if _uses_collective_strategy(values, role) else None
     job = _build_job(values, role)
     _check_before_training(job)
     _log_start(job)
     if role.task_type == "evaluator":
         return _run_evaluator(job)
-    return _run_chief_or_worker(job)
+    return _run_chief_or_worker(job, strategy)

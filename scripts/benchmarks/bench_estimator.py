@@ -1,16 +1,23 @@
 """Benchmarks of the training program, each against a baseline measured in the same run.
 
-    .venv/bin/python scripts/benchmarks/bench_estimator.py [--parts=a,b,c] [--steps=300]
-        [--work_dir=/tmp/bwtf-bench-estimator]
+    .venv/bin/python scripts/benchmarks/bench_estimator.py [--parts=a,b,c] [--rounds=7]
+        [--steps=150] [--accuracy_steps=500] [--work_dir=/tmp/bwtf-bench-estimator]
+
+(a) and (b) run the baseline and bwtf alternately for ``--rounds`` rounds and
+print, for each and for their per-round ratio, the median, the spread (min-max)
+and every round: on a shared machine one run proves nothing, the median of
+ratios measured seconds apart does. Both count CPU seconds of this process, so
+other processes' load enters only through caches and frequency.
 
 (a) Input pipeline: bwtf's training preprocessing (decode_and_crop_jpeg with a
-    sampled box, flip, resize to 224, normalise) on the real JPEGs in
+    sampled box, flip, resize to 224) on the real JPEGs in
     ``<repo>/../shared/data/imagenet-samples``, one thread, in images per CPU
-    second of the process (images/s per core); baseline: ``tf.io.decode_jpeg`` of the whole image plus a resize of
-    the same bytes. Target >= 1.0x.
-(b) Training-loop overhead: ``tf.estimator.Estimator.train`` steps/s against a
-    bare ``tf.compat.v1.Session`` loop running the same ``model_fn`` graph on
-    the same synthetic batches (small_cnn, 64px, batch 64). Target >= 0.95x.
+    second of the process (images/s per core); baseline: ``tf.io.decode_jpeg`` of
+    the whole image plus a resize of the same bytes. Target >= 1.0x.
+(b) Training-loop overhead: ``tf.estimator.Estimator.train`` steps per CPU
+    second against a bare ``tf.compat.v1.Session`` loop running the same
+    ``model_fn`` graph on the same synthetic batches (small_cnn, 64px, batch
+    64), after a warm-up. Target >= 0.95x. The wall-clock ratio is printed too.
 (c) Accuracy table on the digits sample archive (built into --work_dir):
     precision@1 on the validation split against global step and wall time, for
     1 worker, 2 asynchronous workers + 1 ps, and 2 collective workers. Each
@@ -22,12 +29,44 @@ import json
 import os
 import pathlib
 import socket
+import statistics
 import subprocess
 import sys
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"
+
+
+def _rounds_summary(name, values, unit):
+    """One line: the median of the rounds, their spread (min-max) and every round."""
+    low, high = min(values), max(values)
+    rounds = ", ".join(f"{v:.{3 if unit == 'x' else 1}f}" for v in values)
+    median = statistics.median(values)
+    if unit == "x":
+        return f"    {name}: median {median:.3f}x, spread {low:.3f}-{high:.3f}x (rounds: {rounds})"
+    return (f"    {name}: median {median:8.1f} {unit}, spread {low:.1f}-{high:.1f} "
+            f"(+-{(high - low) / 2 / median:.0%}) (rounds: {rounds})")
+
+
+def _alternating_rounds(rounds, baseline, candidate):
+    """Runs baseline and candidate alternately, the first of each pair swapping every round.
+
+    Returns (baseline rates, candidate rates, per-round ratios). A ratio within
+    one round compares two runs seconds apart, so slow drifts of the machine's
+    load cancel in it; the median of the ratios ignores a round that a burst
+    of other work hit.
+    """
+    base_rates, candidate_rates = [], []
+    for index in range(rounds):
+        if index % 2:
+            candidate_rates.append(candidate())
+            base_rates.append(baseline())
+        else:
+            base_rates.append(baseline())
+            candidate_rates.append(candidate())
+    ratios = [c / b for b, c in zip(base_rates, candidate_rates)]
+    return base_rates, candidate_rates, ratios
 
 
 def _images_per_sec(tf, encoded, preprocess, repeats):
@@ -46,7 +85,7 @@ def _images_per_sec(tf, encoded, preprocess, repeats):
     return count / (time.process_time() - start)
 
 
-def bench_input_pipeline(repeats, rounds=3):
+def bench_input_pipeline(repeats, rounds):
     import tensorflow as tf
 
     from bwtf.estimator import inputs
@@ -63,34 +102,28 @@ def bench_input_pipeline(repeats, rounds=3):
     def fused(data):
         return inputs.train_image_from_bytes(data, size)
 
-    # Interleaved rounds, best of each: cache and frequency effects of other
-    # processes only ever slow a round down.
-    baseline, bwtf = 0.0, 0.0
-    for _ in range(rounds):
-        baseline = max(baseline, _images_per_sec(tf, encoded, plain, repeats))
-        bwtf = max(bwtf, _images_per_sec(tf, encoded, fused, repeats))
-    print(f"(a) input pipeline, {len(encoded)} real JPEGs x {repeats}, 1 core, {size}px, best of {rounds} rounds:")
-    print(f"    decode_jpeg + resize (baseline): {baseline:8.1f} images/s per core")
-    print(f"    bwtf train preprocessing:        {bwtf:8.1f} images/s per core")
-    print(f"    ratio: {bwtf / baseline:.2f}x (target >= 1.0x)")
+    base, bwtf, ratios = _alternating_rounds(
+        rounds, lambda: _images_per_sec(tf, encoded, plain, repeats),
+        lambda: _images_per_sec(tf, encoded, fused, repeats))
+    print(f"(a) input pipeline, {len(encoded)} real JPEGs x {repeats}, 1 core, {size}px, "
+          f"{rounds} alternating rounds, images per CPU second:")
+    print(_rounds_summary("decode_jpeg + resize (baseline)", base, "images/s"))
+    print(_rounds_summary("bwtf train preprocessing       ", bwtf, "images/s"))
+    print(_rounds_summary("ratio (target >= 1.0x)", ratios, "x"))
 
 
-_WINDOW = 50
+_WARMUP_STEPS = 20
 
 
-def _best_window_rate(stamps, warmup):
-    """Steps/s of the fastest run of _WINDOW consecutive steps after the warm-up.
-
-    On a shared machine other processes only ever slow a window down, so the
-    fastest window is the cleanest comparison of the two loops.
-    """
-    stamps = stamps[warmup:]
-    return max(_WINDOW / (stamps[i + _WINDOW] - stamps[i]) for i in range(len(stamps) - _WINDOW))
-
-
-def _cpu_rate(cpu_stamps, warmup):
+def _cpu_rate(cpu_stamps):
     """Steps per CPU second of this process after the warm-up (all its threads)."""
-    return (len(cpu_stamps) - 1 - warmup) / (cpu_stamps[-1] - cpu_stamps[warmup])
+    stamps = cpu_stamps[_WARMUP_STEPS:]
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def _wall_rate(stamps):
+    stamps = stamps[_WARMUP_STEPS:]
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
 def _stamping_hook(tf, stamps, cpu_stamps):
@@ -102,50 +135,71 @@ def _stamping_hook(tf, stamps, cpu_stamps):
     return Hook()
 
 
-def bench_loop_overhead(steps, work_dir):
-    import tensorflow as tf
-
+def _loop_configs(steps, model_dir):
     from bwtf import ckpt
-    from bwtf.estimator import config, inputs, model_fn
+    from bwtf.estimator import config
 
-    model_dir = work_dir / "overhead"
     policy = ckpt.CheckpointPolicy(save_steps=10 ** 9, keep_last=1)
     train_config = config.TrainConfig(
         model=config.ModelConfig("small_cnn", 10, 64), batch_size=64, train_steps=steps,
         model_dir=str(model_dir), checkpoint_policy=policy, log_every_steps=100)
     data = config.DatasetConfig(image_size=64, num_classes=10, use_synthetic_data=True)
-    mode = tf.estimator.ModeKeys.TRAIN
-    warmup = 20
+    return train_config, data
 
+
+def _bare_loop(tf, steps, train_config, data):
+    from bwtf.estimator import inputs, model_fn
+
+    mode = tf.estimator.ModeKeys.TRAIN
+    stamps, cpu_stamps = [], []
     with tf.Graph().as_default():
         features, labels = tf.compat.v1.data.make_one_shot_iterator(
             inputs.synthetic_input_fn(data, mode, 64)).get_next()
         spec = model_fn.model_fn(features, labels, mode, train_config)
         with tf.compat.v1.Session() as session:
             session.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
-            bare_stamps, bare_cpu = [], []
             for _ in range(steps):
                 session.run(spec.train_op)
-                bare_stamps.append(time.perf_counter())
-                bare_cpu.append(time.process_time())
-            bare = _best_window_rate(bare_stamps, warmup)
+                stamps.append(time.perf_counter())
+                cpu_stamps.append(time.process_time())
+    return _cpu_rate(cpu_stamps), _wall_rate(stamps)
 
-    estimator_stamps, estimator_cpu = [], []
-    run_config = tf.estimator.RunConfig(model_dir=str(model_dir), save_checkpoints_steps=None,
+
+def _estimator_loop(tf, steps, train_config, data):
+    from bwtf.estimator import inputs, model_fn
+
+    stamps, cpu_stamps = [], []
+    run_config = tf.estimator.RunConfig(model_dir=train_config.model_dir, save_checkpoints_steps=None,
                                         save_checkpoints_secs=None, save_summary_steps=100,
                                         log_step_count_steps=100)
     estimator = tf.estimator.Estimator(model_fn.model_fn, config=run_config, params=train_config)
-    estimator.train(inputs.make_input_fn(data, mode, 64), max_steps=steps,
-                    hooks=[_stamping_hook(tf, estimator_stamps, estimator_cpu)])
-    wrapped = _best_window_rate(estimator_stamps, warmup)
-    bare_per_cpu, wrapped_per_cpu = _cpu_rate(bare_cpu, warmup), _cpu_rate(estimator_cpu, warmup)
-    print(f"(b) training loop, small_cnn 64px batch 64, synthetic data, {steps} steps, "
-          f"fastest {_WINDOW}-step window of each:")
-    print(f"    bare tf.compat.v1.Session loop (baseline): {bare:7.2f} steps/s")
-    print(f"    tf.estimator.Estimator.train:              {wrapped:7.2f} steps/s")
-    print(f"    ratio: {wrapped / bare:.3f}x (target >= 0.95x)")
-    print(f"    per CPU second of the process: bare {bare_per_cpu:.2f}, Estimator {wrapped_per_cpu:.2f} steps, "
-          f"ratio {wrapped_per_cpu / bare_per_cpu:.3f}x (robust to other load on the machine)")
+    estimator.train(inputs.make_input_fn(data, tf.estimator.ModeKeys.TRAIN, 64), max_steps=steps,
+                    hooks=[_stamping_hook(tf, stamps, cpu_stamps)])
+    return _cpu_rate(cpu_stamps), _wall_rate(stamps)
+
+
+def bench_loop_overhead(steps, work_dir, rounds):
+    import tensorflow as tf
+
+    wall = {"bare": [], "estimator": []}
+    counter = iter(range(10 ** 6))
+
+    def run(kind, loop):
+        # A fresh model_dir each round: the Estimator must not resume a finished run.
+        train_config, data = _loop_configs(steps, work_dir / f"{kind}-{next(counter)}")
+        cpu_rate, wall_rate = loop(tf, steps, train_config, data)
+        wall[kind].append(wall_rate)
+        return cpu_rate
+
+    bare, wrapped, ratios = _alternating_rounds(
+        rounds, lambda: run("bare", _bare_loop), lambda: run("estimator", _estimator_loop))
+    wall_ratios = [e / b for b, e in zip(wall["bare"], wall["estimator"])]
+    print(f"(b) training loop, small_cnn 64px batch 64, synthetic data, {steps} steps per round "
+          f"({_WARMUP_STEPS} warm-up), {rounds} alternating rounds, steps per CPU second of the process:")
+    print(_rounds_summary("bare tf.compat.v1.Session loop (baseline)", bare, "steps/s"))
+    print(_rounds_summary("tf.estimator.Estimator.train            ", wrapped, "steps/s"))
+    print(_rounds_summary("ratio (target >= 0.95x)", ratios, "x"))
+    print(_rounds_summary("wall-clock ratio (load-sensitive)", wall_ratios, "x"))
 
 
 def _free_ports(count):
@@ -244,18 +298,19 @@ def bench_accuracy(steps, work_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="a,b,c")
-    parser.add_argument("--steps", type=int, default=300, help="(b) steps")
+    parser.add_argument("--steps", type=int, default=150, help="(b) steps per round")
     parser.add_argument("--accuracy_steps", type=int, default=500, help="(c) steps per setup")
-    parser.add_argument("--repeats", type=int, default=10, help="(a) passes over the sample JPEGs")
+    parser.add_argument("--repeats", type=int, default=5, help="(a) passes over the sample JPEGs per round")
+    parser.add_argument("--rounds", type=int, default=7, help="(a), (b) alternating rounds")
     parser.add_argument("--work_dir", default="/tmp/bwtf-bench-estimator")
     args = parser.parse_args()
     work_dir = pathlib.Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     if "a" in parts:
-        bench_input_pipeline(args.repeats)
+        bench_input_pipeline(args.repeats, args.rounds)
     if "b" in parts:
-        bench_loop_overhead(args.steps, work_dir / f"b-{os.getpid()}")
+        bench_loop_overhead(args.steps, work_dir / f"b-{os.getpid()}", args.rounds)
     if "c" in parts:
         bench_accuracy(args.accuracy_steps, work_dir / f"c-{os.getpid()}")
 

@@ -20,7 +20,7 @@ import time
 
 import tensorflow as tf
 
-from bwtf.estimator import config, inputs, model_fn
+from bwtf.estimator import config, inputs, model_fn, models
 from bwtf.estimator.serving import signature as _export_signature
 
 _SAMPLES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imagenet-samples"
@@ -34,7 +34,8 @@ def _graph(kind, model_config):
         tf.compat.v1.set_random_seed(1)
         jpegs = tf.compat.v1.placeholder(tf.string, [None])
         logits_fn = lambda images: model_fn.build_logits(images, model_config, training=False)  # noqa: E731
-        preprocess = lambda encoded: inputs.eval_image_from_bytes(encoded, size)  # noqa: E731
+        crop = models.eval_crop(model_config.name)
+        preprocess = lambda encoded: inputs.eval_image_from_bytes(encoded, size, crop)  # noqa: E731
         if kind == "isolated":
             classes = _export_signature.serving_outputs(
                 jpegs, logits_fn, preprocess, size, (), ())["classes"]

@@ -20,7 +20,9 @@ def test_real_jpegs_preprocess_to_normalised_square_images(imagenet_samples_dir,
     for path in paths:
         encoded = tf.constant(path.read_bytes())
         train = inputs.train_image_from_bytes(encoded, size).numpy()
-        evaluated = inputs.eval_image_from_bytes(encoded, size).numpy()
+        for crop in ("resize_shorter_side", "central_fraction"):
+            evaluated = inputs.eval_image_from_bytes(encoded, size, crop).numpy()
+            assert evaluated.shape == (size, size, 3) and evaluated.std() > 1.0
         for image in (train, evaluated):
             assert image.shape == (size, size, 3) and image.dtype == np.float32
             assert image.min() >= 0.0 and image.max() <= 255.0 and image.std() > 1.0
@@ -30,7 +32,8 @@ def test_real_jpegs_preprocess_to_normalised_square_images(imagenet_samples_dir,
 def test_grayscale_and_png_images_come_out_with_three_channels(encode, jpeg):
     gray = tf.cast(tf.reshape(tf.range(40 * 30) % 255, [40, 30, 1]), tf.uint8)
     encoded = encode(gray)
-    assert inputs.eval_image_from_bytes(encoded, 16, jpeg=jpeg).shape == (16, 16, 3)
+    for crop in ("resize_shorter_side", "central_fraction"):
+        assert inputs.eval_image_from_bytes(encoded, 16, crop, jpeg=jpeg).shape == (16, 16, 3)
     assert inputs.train_image_from_bytes(encoded, 16, jpeg=jpeg).shape == (16, 16, 3)
 
 

@@ -140,3 +140,22 @@ def test_killed_chief_or_worker_is_restarted_and_the_run_completes(
         assert resumed >= newest  # The newest intact checkpoint, or a newer one the worker's progress made.
     assert _statuses(output) == {"chief": "0", "worker:0": "0", "ps:0": "0"}
     assert wait_until_gone(launch_mark, 5) == []
+
+
+@pytest.mark.timeout(300)
+def test_collective_worker_is_ended_promptly_when_the_chief_dies(start_launch, launch_mark, digits_data_dir,
+                                                                  tmp_path):
+    """A collective worker cannot go on without its chief: it must not wait out the 300 s grace."""
+    run = start_launch(["--num_ps=0", "--num_workers=2", "--distribution=collective", "--"]
+                       + _train_flags(digits_data_dir, tmp_path / "model", 100000))
+    _wait_for_chief_step(run, 20, 200)
+    subprocess.run(["kill", "-KILL", str(_pid_of(run, "chief"))], check=True)
+    # The default --shutdown_grace_secs is 300; a stranded worker used to hold the job that long.
+    code = run.wait(120)
+    output = run.output()
+    statuses = _statuses(output)
+    assert statuses["chief"] == "137" and code == 137, output[-3000:]
+    # Ended by its own watchdog (70) or killed by the launcher, and the log says which.
+    assert statuses["worker:0"] == "70" and "worker:0 exits with 70" in output \
+        or "a collective worker cannot go on without the chief" in output, output[-3000:]
+    assert wait_until_gone(launch_mark, 5) == []

@@ -209,7 +209,7 @@ class GatheredSaver:
         pending = commit.PendingCheckpoint(self._store, step)
         try:
             self.write_groups(sess, pending.prefix, pending.seal)
-            ref = pending.finalize(_describe_variables(pending.prefix))
+            ref = pending.finalize(_describe_variables(pending.prefix), dict(self._policy.manifest_extra))
         except BaseException:
             pending.abort()
             raise

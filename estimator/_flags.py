@@ -30,6 +30,10 @@ class FlagGroup:
     def values(self):
         return {name: holder.value for name, holder in self.holders.items()}
 
+    def explicit(self):
+        """The flags given on the command line (or a --flagfile), by name."""
+        return {name: holder.value for name, holder in self.holders.items() if holder.present}
+
 
 def _holders(**holders):
     return FlagGroup(holders)

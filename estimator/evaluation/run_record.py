@@ -164,19 +164,24 @@ def recorded_model(record):
                               class_names=names, label_texts=texts)
 
 
+def require_known_classes(recorded_names, class_names, what):
+    """Raises RecordMismatchError, naming the difference, unless every class is a recorded one."""
+    known = set(recorded_names)
+    if any(name not in known for name in class_names):
+        raise RecordMismatchError(
+            f"{what} has classes the model was not trained on: "
+            f"{_describe_difference(tuple(recorded_names), tuple(class_names))}. Use a dataset with "
+            f"the recorded class list ({len(recorded_names)} classes), another order of it or a subset")
+
+
 def label_map(recorded_names, dataset_names, dataset_name):
     """Dataset label -> model label when the dataset's classes are the record's in another order
     or a subset (logged in one line); None when identical; RecordMismatchError otherwise."""
     recorded_names, dataset_names = tuple(recorded_names), tuple(dataset_names)
     if not recorded_names or not dataset_names or recorded_names == dataset_names:
         return None
+    require_known_classes(recorded_names, dataset_names, f"dataset {dataset_name!r}")
     index = {name: label for label, name in enumerate(recorded_names)}
-    unknown = [name for name in dataset_names if name not in index]
-    if unknown:
-        raise RecordMismatchError(
-            f"dataset {dataset_name!r} has classes the model was not trained on: "
-            f"{_describe_difference(recorded_names, dataset_names)}. Evaluate on a dataset with the "
-            f"recorded class list ({len(recorded_names)} classes) or a subset of it")
     logging.info("labels remapped: dataset %s has %d of the model's %d classes%s; its labels are "
                  "mapped onto the model's", dataset_name, len(dataset_names), len(recorded_names),
                  "" if len(dataset_names) < len(recorded_names) else " in another order")

@@ -103,9 +103,11 @@ def _check_record(source_dir, train_config):
     if not names or not current or tuple(names) == tuple(current):
         return False
     try:
-        _record.label_map(names, current, "of this run")
+        _record.require_known_classes(names, current, "this run's dataset")
     except _record.RecordMismatchError as error:
         raise WarmStartError(f"--warm_start_from {source_dir}: {error}") from None
+    logging.info("class list: %d of the source's %d classes%s; the classifier head is re-initialized",
+                 len(current), len(names), "" if len(current) < len(names) else " in another order")
     return True
 
 

@@ -15,6 +15,7 @@ from bwtf.estimator import evaluate, export
 
 pytestmark = pytest.mark.timeout(600)
 
+_NAMES = {evaluate: "bwtf-eval", export: "bwtf-export"}
 ODD_DIGITS = ("n00000001", "n00000003", "n00000005", "n00000007", "n00000009")
 
 
@@ -83,7 +84,7 @@ def test_a_flag_that_contradicts_the_record_is_refused_naming_both_values(
     out = tmp_path / "out"
     extra = [f"--export_dir={out}"] if program is export else [f"--output_json={out}"]
     code = run_main(program, [f"--model_dir={trained_run.model_dir}", flag, *extra])
-    lines = _error_lines(capsys.readouterr().err, f"bwtf-{program.__name__.rsplit('.', 1)[1][:4]}")
+    lines = _error_lines(capsys.readouterr().err, _NAMES[program])
     assert code == 2 and len(lines) == 1, lines
     assert flag in lines[0] and recorded in lines[0]
     assert not out.exists()
@@ -150,7 +151,7 @@ def test_a_missing_damaged_or_foreign_record_gets_one_line_and_nothing_is_writte
     out = tmp_path / "out"
     extra = [f"--export_dir={out}"] if program is export else [f"--output_json={out}"]
     code = run_main(program, [f"--model_dir={model_dir}", *extra])
-    lines = _error_lines(capsys.readouterr().err, f"bwtf-{program.__name__.rsplit('.', 1)[1][:4]}")
+    lines = _error_lines(capsys.readouterr().err, _NAMES[program])
     assert code == 2 and len(lines) == 1, lines
     assert _DAMAGE_MESSAGES[case] in lines[0]
     assert not out.exists() and sorted(os.listdir(model_dir)) == before

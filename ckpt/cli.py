@@ -2,7 +2,9 @@
 
   bwtf-ckpt list    <model_dir> [--full] [--json]
   bwtf-ckpt verify  <model_dir or ckpt-N dir> [--json]   exit 1 unless the newest is intact
-  bwtf-ckpt inspect <model_dir or ckpt-N dir> [--json]   variables, shapes, step, size
+  bwtf-ckpt inspect <model_dir or ckpt-N dir> [--json]   the run record's summary (model,
+                                                          classes, dataset, steps), then the
+                                                          variables, shapes, step, size
   bwtf-ckpt prune   <model_dir> --keep_last=5 [--keep_every_hours=H] [--dry_run] [--json]
 
 None of these import TensorFlow: everything comes from the manifests, so the
@@ -21,6 +23,7 @@ from bwtf.ckpt import commit
 from bwtf.ckpt import errors
 from bwtf.ckpt import policy as policy_lib
 from bwtf.ckpt import retention
+from bwtf.ckpt import run_record
 
 _JSON = flags.DEFINE_bool("json", False, "Print machine-readable JSON.")
 _FULL = flags.DEFINE_bool(
@@ -82,7 +85,10 @@ def cmd_verify(path, as_json):
 def cmd_inspect(path, as_json):
     if _is_checkpoint_dir(path):
         directory = str(path).rstrip("/")
+        record = run_record.read_record(directory.rpartition("/")[0] or "/")
     else:
+        _require_model_dir(path)
+        record = run_record.read_record(path)
         ref = commit.latest_intact_checkpoint(path)
         if ref is None:
             raise errors.CheckpointError(f"{path} holds no intact checkpoint to inspect")
@@ -96,7 +102,11 @@ def cmd_inspect(path, as_json):
     variables = manifest.get("variables", {})
     data = {"directory": status.directory, "step": status.step, "size_bytes": status.size_bytes,
             "variables": variables}
-    lines = [f"checkpoint {status.directory}", f"step {status.step}",
+    if record is not None:
+        data["run_record"] = record.data
+    lines = run_record.summary_lines(record.data) if record else ["run record: none (written before bwtf "
+                                                                  "recorded its runs)"]
+    lines += [f"checkpoint {status.directory}", f"step {status.step}",
              f"size {status.size_bytes} bytes", f"{len(variables)} variables:"]
     lines += [f"  {n}  {v.get('dtype')}  {v.get('shape')}" for n, v in sorted(variables.items())]
     _emit(as_json, data, lines)

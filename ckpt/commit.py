@@ -160,10 +160,11 @@ class PendingCheckpoint:
         self._pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.staging_dir, ignore_errors=True)
 
-    def finalize(self, variables):
+    def finalize(self, variables, extra=None):
         """Commits the staged files; returns the CheckpointRef now visible.
 
-        ``variables`` maps each checkpoint key to {"shape": [...], "dtype": str}.
+        ``variables`` maps each checkpoint key to {"shape": [...], "dtype": str};
+        ``extra`` (a dict of strings) goes into the manifest as it is.
         """
         files = _sync_and_describe(self.staging_dir, self._sealed, self.checksum)
         self._pool.shutdown(wait=True)
@@ -174,6 +175,8 @@ class PendingCheckpoint:
             "prefix": prefix_name(self.step), "files": files, "variables": variables,
             "writer": _identity.current(), "created": time.time(),
         }
+        if extra:
+            manifest["extra"] = dict(extra)
         manifest_path = os.path.join(self.staging_dir, MANIFEST)
         _write_manifest(manifest_path, manifest)
         _failpoints.reach("manifest_written")

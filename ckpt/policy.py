@@ -32,6 +32,8 @@ class CheckpointPolicy:
         per write; a single larger variable is written alone.
       walltime_margin_secs: save and stop once less walltime than this remains.
       stop_signals: signals that trigger a final save and a clean stop.
+      manifest_extra: (key, value) string pairs written under "extra" in each
+        manifest, e.g. the digest of the run record that describes the model.
     """
 
     save_steps: Optional[int] = None
@@ -41,6 +43,7 @@ class CheckpointPolicy:
     max_group_bytes: int = 256 * _MIB
     walltime_margin_secs: float = 120.0
     stop_signals: Tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)
+    manifest_extra: Tuple[Tuple[str, str], ...] = ()
 
     def __post_init__(self):
         problems = []

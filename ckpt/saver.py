@@ -317,7 +317,7 @@ class GatheredSaver:
         pending = commit.PendingCheckpoint(self._store, step, ownership=self._ownership)
         try:
             self.write_groups(sess, pending.prefix, pending.seal)
-            ref = pending.finalize(_describe_variables(pending.prefix))
+            ref = pending.finalize(_describe_variables(pending.prefix), dict(self._policy.manifest_extra))
         except BaseException:
             pending.abort()
             raise

@@ -30,6 +30,10 @@ class FlagGroup:
     def values(self):
         return {name: holder.value for name, holder in self.holders.items()}
 
+    def explicit(self):
+        """The flags given on the command line (or a --flagfile), by name."""
+        return {name: holder.value for name, holder in self.holders.items() if holder.present}
+
 
 def given_but_unused(groups, used):
     """Flag names of ``groups`` (FlagGroups) given on the command line or in a flagfile

@@ -2,8 +2,17 @@
 
 One shot, the newest intact checkpoint (or ``--checkpoint``)::
 
-    bwtf-eval --model_dir=runs/r50 --data_dir=~/tfds --split=validation \\
-        --model=resnet50 --output_json=runs/r50/eval.json
+    bwtf-eval --model_dir=runs/r50 [--split=validation] [--data_dir=~/tfds] \\
+        --output_json=runs/r50/eval.json
+
+The model, its image size and class list, the dataset and its split come from
+the run record ``<model_dir>/run.json`` that bwtf-train writes; ``--split`` and
+``--data_dir`` override the recorded ones, and a model or dataset flag that
+contradicts the record is refused naming both values. A dataset whose classes
+are the record's in another order, or a subset of them, is evaluated with its
+labels mapped onto the model's (one log line says so); any other class list is
+refused. A model_dir written before records needs the training flags, as
+before (``--model``, ``--image_size``, ``--data_dir``, ``--dataset``).
 
 prints one JSON object and writes it to ``--output_json``: ``precision_at_1``,
 ``precision_at_5``, ``loss``, ``global_step``, ``checkpoint``, ``num_examples``
@@ -18,10 +27,8 @@ stops by itself after the checkpoint at ``--train_steps``, or after
 to skip what is done; ``--output_json`` then holds the last result.
 
 Whatever cluster wrote the checkpoint, this runs in one CPU process: see
-``bwtf.estimator.evaluation.single_process``. The model flags must describe the trained model (same
-``--model``, same dataset so the same class count); a checkpoint of another
-model or class count is refused with a message naming the first variable that
-differs.
+``bwtf.estimator.evaluation.single_process``. A checkpoint of another model or class count is refused
+with a message naming the first variable that differs.
 
 The library (also what the evaluator task of ``bwtf-train`` runs) is
 ``bwtf.estimator.evaluation.runner``.
@@ -120,19 +127,26 @@ def _job_from_values(values):
     if output_json and os.path.isdir(output_json):
         raise EvalError(f"--output_json {output_json} is a directory; expected a file name "
                         "such as eval.json")
-    split = values["eval"]["split"] or data_values["eval_split"]
-    setup = _eval_setup.model_setup(values["model"], data_values, model_dir, split,
-                                    train_values["batch_size"])
+    setup = _eval_setup.setup_for_model_dir(values["model"], data_values, values["explicit"], model_dir,
+                                            values["eval"]["split"], train_values["batch_size"])
     return EvalJob(model_dir, setup.dataset, setup.train, train_values["batch_size"],
-                   train_values["eval_steps"] or None)
+                   train_values["eval_steps"] or None, label_map=setup.label_map), setup
 
 
-def _run_continuous(job, values):
+def _final_step(values, setup):
+    """--train_steps when given, else the record's (the run's own last step)."""
+    explicit = values["explicit"].get("train_steps")
+    recorded = (setup.record.data.get("flags", {}).get("train", {}).get("train_steps")
+                if setup.record else None)
+    return explicit or recorded or values["train"]["train_steps"]
+
+
+def _run_continuous(job, values, final_step):
     own, train_values = values["eval"], values["train"]
     if own["checkpoint"] not in (None, "", "latest"):
         raise EvalError("--checkpoint names one checkpoint; it cannot be combined with --continuous")
     outcome = evaluate_continuously(
-        job, final_step=train_values["train_steps"], idle_timeout_secs=own["eval_timeout_secs"],
+        job, final_step=final_step, idle_timeout_secs=own["eval_timeout_secs"],
         poll_secs=train_values["eval_throttle_secs"])
     logging.info("continuous evaluation stopped (%s) after %d evaluation(s)",
                  outcome.reason, len(outcome.evaluated))
@@ -149,11 +163,13 @@ def main(argv, cli_flags):
         raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag")
     _tf_logging.route_tensorflow_logs_through_absl()
     values = {group: holders.values() for group, holders in cli_flags.items()}
+    values["explicit"] = {name: value for holders in cli_flags.values()
+                          for name, value in holders.explicit().items()}
     try:
         _refuse_unused_flags(cli_flags)
-        job = _job_from_values(values)
+        job, setup = _job_from_values(values)
         if values["eval"]["continuous"]:
-            sys.exit(_run_continuous(job, values))
+            sys.exit(_run_continuous(job, values, _final_step(values, setup)))
         record = evaluate_once(job, values["eval"]["checkpoint"])
         if values["eval"]["output_json"]:
             _write_json_atomically(values["eval"]["output_json"], record)

@@ -1,19 +1,23 @@
 """`bwtf-export` (``python -m bwtf.estimator.export``): a SavedModel that serves JPEG bytes.
 
-    bwtf-export --model_dir=runs/r50 --export_dir=exports/r50 \\
-        --model=resnet50 --data_dir=~/tfds [--checkpoint=latest] [--overwrite]
+    bwtf-export --model_dir=runs/r50 --export_dir=exports/r50 [--checkpoint=latest] [--overwrite]
 
-writes ``export_dir`` as a TF1 SavedModel (tag ``serve``) whose one signature,
+writes ``<export_dir>/<version>/`` (the version is the checkpoint's global step;
+the path is printed) as a TF1 SavedModel (tag ``serve``) whose one signature,
 ``serving_default``, takes encoded JPEGs (``jpeg_bytes``) and answers classes,
 probabilities and the top-5 synsets and labels; see
 ``bwtf.estimator.serving.saved_model`` for the outputs and the atomicity
-argument. An existing ``export_dir`` is refused unless ``--overwrite``.
+argument. An existing version is refused unless ``--overwrite``.
+
+The model and the label text come from the run record ``<model_dir>/run.json``,
+so no dataset is read; a model flag that contradicts the record is refused
+naming both values. A model_dir written before records needs the training
+flags (``--model``, ``--image_size``, ``--data_dir``, ``--dataset``), as before.
 
 Deliberately left out: everything but the command line (the library is
 ``bwtf.estimator.serving``).
 """
 import dataclasses
-import os
 import sys
 
 from absl import app, flags
@@ -23,7 +27,7 @@ from bwtf.estimator import _flags, _tf_logging
 from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
 from bwtf.estimator.evaluation import model_setup as _eval_setup
 from bwtf.estimator.serving import labels as _export_labels
-from bwtf.estimator.serving.saved_model import ExportError, export_saved_model, refuse_existing
+from bwtf.estimator.serving.saved_model import ExportError, export_saved_model, refuse_existing, version_dir
 from bwtf.estimator.serving.saved_model import METADATA_FILE  # noqa: F401  (where the export records itself)
 
 EXIT_USER_ERROR = 2
@@ -67,15 +71,18 @@ def _export_from_values(values):
         raise ExportError("--model_dir is required (or --checkpoint=PATH): the training run to export")
     if not own["export_dir"]:
         raise ExportError("--export_dir is required: where the SavedModel goes")
-    # Refused before any work, so a mistaken command costs nothing.
-    refuse_existing(os.path.abspath(own["export_dir"]), own["overwrite"])
-    setup = _eval_setup.model_setup(values["model"], data_values, own["model_dir"],
-                                    data_values["eval_split"], split_flag="--eval_split")
+    setup = _eval_setup.setup_for_model_dir(values["model"], data_values, values["explicit"],
+                                            own["model_dir"], need_dataset=False, split_flag="--eval_split")
     step, prefix = _eval_checkpoints.resolve(own["model_dir"], own["checkpoint"])
+    # Refused before any work, so a mistaken command costs nothing.
+    refuse_existing(version_dir(own["export_dir"], step), own["overwrite"])
     model = setup.train.model
     names = model.class_names or tuple(str(label) for label in range(model.num_classes))
-    texts = _export_labels.label_texts(
-        None if setup.metadata is None else setup.dataset, names, own["labels_file"])
+    if setup.record is not None and not own["labels_file"]:
+        texts = model.label_texts or names
+    else:
+        texts = _export_labels.label_texts(
+            None if setup.metadata is None else setup.dataset, names, own["labels_file"])
     model = dataclasses.replace(model, class_names=names, label_texts=texts)
     return export_saved_model(own["export_dir"], prefix, model, step, own["overwrite"])
 
@@ -86,6 +93,8 @@ def main(argv, cli_flags):
         raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag")
     _tf_logging.route_tensorflow_logs_through_absl()
     values = {group: holders.values() for group, holders in cli_flags.items()}
+    values["explicit"] = {name: value for holders in cli_flags.values()
+                          for name, value in holders.explicit().items()}
     try:
         unused = _flags.given_but_unused([cli_flags["data"]], _USED_DATA_FLAGS)
         if unused:

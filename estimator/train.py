@@ -69,6 +69,11 @@ _TRAIN = _flags.define_train_flags()
 _CKPT = _flags.define_checkpoint_flags()
 _CLUSTER = _flags.define_cluster_flags()
 
+_WARM_START_FROM = flags.DEFINE_string(
+    "warm_start_from", None, "Fine-tune: start a new run (step 0, fresh optimizer state) from another "
+    "run's model_dir, ckpt-<N> directory or checkpoint prefix; variables restored by name and shape, "
+    "the classifier head re-initialized when the class count differs.")
+
 _USER_ERRORS = (
     config.ConfigError, cluster.ClusterError, inputs.DatasetError, model_fn.CheckpointMismatchError,
     models.UnknownModelError, ckpt.CheckpointError, _ps_lifecycle.PortInUseError,
@@ -83,7 +88,8 @@ _EVAL_TIMEOUT = flags.DEFINE_float(
 
 def flag_values():
     """The parsed flags, grouped as ``training.task.run_task`` takes them."""
-    train = dict(_TRAIN.values(), eval_timeout_secs=_EVAL_TIMEOUT.value)
+    train = dict(_TRAIN.values(), eval_timeout_secs=_EVAL_TIMEOUT.value,
+                 warm_start_from=_WARM_START_FROM.value)
     return {"model": _MODEL.values(), "data": _DATA.values(), "train": train,
             "ckpt": _CKPT.values(), "cluster": _CLUSTER.values()}
 

@@ -7,7 +7,7 @@
 # 2. builds the TFDS dataset `imagenet_archive` from it (bwtf-build-data);
 # 3. trains small_cnn on a localhost cluster: 1 ps, a chief, 1 worker and an evaluator (bwtf-launch);
 # 4. evaluates the newest intact checkpoint on the validation split (bwtf-eval);
-# 5. exports a SavedModel (bwtf-export) and verifies the checkpoints (bwtf-ckpt verify);
+# 5. exports a SavedModel into a version folder (bwtf-export) and verifies the checkpoints (bwtf-ckpt verify);
 # 6. prints precision@1 and where everything went.
 # BWTF_DEMO_SKIP_INSTALL=1 skips step 0 (the install) on a machine that already has .venv.
 set -euo pipefail
@@ -50,10 +50,11 @@ step "3/5 train on localhost: 1 ps, chief, 1 worker, evaluator"
     --batch_size=32 --train_steps=1500 --save_checkpoints_steps=500 --keep_checkpoints=3 --eval_throttle_secs=5
 
 step "4/5 evaluate the newest intact checkpoint"
-"$bin/bwtf-eval" --flagfile="$out/job.flags" --split=validation --output_json="$out/eval.json"
+# The model_dir describes itself (run.json): evaluation and export need nothing else.
+"$bin/bwtf-eval" --model_dir="$out/model" --split=validation --output_json="$out/eval.json"
 
 step "5/5 export a SavedModel and verify the checkpoints"
-"$bin/bwtf-export" --flagfile="$out/job.flags" --export_dir="$out/export"
+saved_model=$("$bin/bwtf-export" --model_dir="$out/model" --export_dir="$out/export")
 "$bin/bwtf-ckpt" verify "$out/model"
 
 precision=$("$bin/python" -c 'import json, sys; print("%.4f" % json.load(open(sys.argv[1]))["precision_at_1"])' "$out/eval.json")
@@ -65,6 +66,6 @@ precision@1 on the validation split: $precision
   dataset      $out/tfds
   checkpoints  $out/model   (bwtf-ckpt list $out/model)
   evaluation   $out/eval.json
-  SavedModel   $out/export
+  SavedModel   $saved_model   (version folders under $out/export)
   job flags    $out/job.flags
 SUMMARY

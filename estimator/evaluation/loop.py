@@ -12,6 +12,10 @@ The rules:
     - ``final``: it has evaluated a checkpoint at or past ``final_step``
       (``--train_steps``), now or in an earlier run;
     - ``idle_timeout``: no new checkpoint for ``idle_timeout_secs``.
+* Between evaluations it waits ``poll_secs`` (``--eval_throttle_secs``), but
+  with ``final_watch_secs`` it looks for the final checkpoint that often while
+  waiting and evaluates it at once: the evaluator task ends seconds after
+  training, not a whole throttle period later.
 
 Deliberately left out: how a checkpoint is evaluated or listed (callables passed
 in by ``runner``; ``evaluate_checkpoint`` returns None for a checkpoint
@@ -32,6 +36,7 @@ class LoopConfig:
     final_step: Optional[int] = None
     idle_timeout_secs: float = 3600.0
     poll_secs: float = 10.0
+    final_watch_secs: Optional[float] = None  # None: sleep whole poll periods
 
 
 @dataclasses.dataclass
@@ -68,6 +73,20 @@ def _evaluate_newest(pending, evaluate_checkpoint, history_path):
     return record
 
 
+def _wait(config, list_intact, seconds, sleep):
+    """Sleeps ``seconds``; with ``final_watch_secs``, in slices, until the final checkpoint is there."""
+    if not config.final_watch_secs or config.final_step is None:
+        sleep(seconds)
+        return
+    remaining = seconds
+    while remaining > 0:
+        part = min(config.final_watch_secs, remaining)
+        sleep(part)
+        remaining -= part
+        if _reached_final([step for step, _ in list_intact()], config.final_step):
+            return
+
+
 def run_loop(
     config: LoopConfig,
     list_intact: Callable[[], Sequence[Tuple[int, str]]],
@@ -100,4 +119,4 @@ def run_loop(
                 "no new checkpoint for %.0f s (--eval_timeout_secs); the evaluator stops",
                 idle)
             return LoopOutcome("idle_timeout", evaluated)
-        sleep(min(config.poll_secs, config.idle_timeout_secs - idle))
+        _wait(config, list_intact, min(config.poll_secs, config.idle_timeout_secs - idle), sleep)

@@ -44,6 +44,10 @@ from bwtf.estimator.evaluation import loop as _eval_loop
 from bwtf.estimator.evaluation import single_process as _eval_estimator
 
 
+# How often a waiting evaluator looks for the final checkpoint (a directory listing).
+FINAL_WATCH_SECS = 1.0
+
+
 class EvalError(ValueError):
     """The evaluation cannot run as asked; the message says what to change."""
 
@@ -57,10 +61,25 @@ class EvalJob:
     train_config: config_lib.TrainConfig
     batch_size: int = 64
     steps: Optional[int] = None  # batches per evaluation; None = the whole split
+    label_map: Optional[tuple] = None  # dataset label -> model label (a reordered or subset class list)
 
     @property
     def split(self):
         return self.dataset.eval_split
+
+
+def _with_label_map(input_fn, label_map):
+    """``input_fn`` whose labels are looked up in ``label_map`` (unchanged when None)."""
+    if label_map is None:
+        return input_fn
+
+    def remapped_input_fn(*args, **kwargs):
+        table = tf.constant(label_map, tf.int64)
+        return input_fn(*args, **kwargs).map(
+            lambda features, labels: (
+                features, tf.cast(tf.gather(table, tf.cast(labels, tf.int64)), labels.dtype)))
+
+    return remapped_input_fn
 
 
 class _Evaluator:
@@ -69,7 +88,8 @@ class _Evaluator:
     def __init__(self, job):
         self._job = job
         self._estimator = _eval_estimator.single_process_estimator(job.model_dir, job.train_config)
-        self._input_fn = inputs.make_input_fn(job.dataset, tf.estimator.ModeKeys.EVAL, job.batch_size)
+        self._input_fn = _with_label_map(
+            inputs.make_input_fn(job.dataset, tf.estimator.ModeKeys.EVAL, job.batch_size), job.label_map)
 
     def __call__(self, step, prefix):
         """The record of one checkpoint; None when it vanished (pruned) meanwhile.
@@ -143,7 +163,8 @@ def evaluate_continuously(job, final_step=None, idle_timeout_secs=3600.0, poll_s
 
     loop_config = _eval_loop.LoopConfig(
         history_path=_eval_history.history_path(job.model_dir, job.split),
-        final_step=final_step, idle_timeout_secs=idle_timeout_secs, poll_secs=poll_secs)
+        final_step=final_step, idle_timeout_secs=idle_timeout_secs, poll_secs=poll_secs,
+        final_watch_secs=FINAL_WATCH_SECS)
     return _eval_loop.run_loop(
         loop_config, lambda: _eval_checkpoints.intact_checkpoints(job.model_dir),
         evaluate_and_check, sleep=sleep)

@@ -1,24 +1,27 @@
 """A SavedModel that serves JPEG bytes, from one checkpoint (what ``bwtf-export`` writes).
 
     export_saved_model(export_dir, checkpoint_prefix, model_config,
-                       global_step=None, overwrite=False) -> str
+                       global_step=None, overwrite=False) -> str   # <export_dir>/<version>
 
-writes ``export_dir`` as a TF1 SavedModel (tag ``serve``) with one signature,
+writes ``<export_dir>/<version>/`` (the layout TF Serving and Estimator exports
+use; the version is the checkpoint's global step, so a newer checkpoint gets a
+higher version and a model server picks it up) as a TF1 SavedModel (tag ``serve``) with one signature,
 ``serving_default``: input ``jpeg_bytes`` (string [N], encoded JPEGs), outputs
 ``classes``, ``probabilities``, ``top_5_classes``, ``top_5_probabilities``,
 ``top_5_synsets``, ``top_5_labels``, ``valid`` and ``error`` (see
 ``serving.signature``). Bytes that are not a decodable JPEG give that row
 ``valid=False`` and an ``error`` text; the request itself succeeds.
 ``assets.extra/bwtf_export.json`` records the model, class count, image size,
-checkpoint, step and the eval crop. Each image is cropped as the model's
-evaluation crops it (``inputs.eval_image_from_bytes`` with the model's
-``eval_crop``) and the model runs in float32.
+checkpoint, step and the eval crop; ``assets/labels.txt`` (a SavedModel asset)
+holds one ``<synset>\t<words>`` line per class, in label order. Each image is
+cropped as the model's evaluation crops it (``inputs.eval_image_from_bytes``
+with the model's ``eval_crop``) and the model runs in float32.
 
 Devices are cleared (``clear_devices=True``), so the export loads on one CPU
 whatever cluster trained the model, and it needs only TensorFlow: no bwtf code
-runs at serving time. It is written to a temporary directory next to
-``export_dir`` and renamed into place, so ``export_dir`` never holds half an
-export; an existing ``export_dir`` is refused unless ``overwrite``.
+runs at serving time. It is written to a temporary directory next to the
+version folder and renamed into place, so a version folder never holds half
+an export; an existing version is refused unless ``overwrite``.
 
 Deliberately left out: the command line (``bwtf.estimator.export``), TF2
 ``tf.function`` signatures, batching and model servers' config, and
@@ -28,6 +31,7 @@ stores do not offer).
 import json
 import os
 import shutil
+import time
 import uuid
 
 import tensorflow as tf
@@ -38,6 +42,7 @@ from bwtf.estimator import config, inputs, model_fn, models
 from bwtf.estimator.serving import signature as serving_signature
 
 METADATA_FILE = os.path.join("assets.extra", "bwtf_export.json")
+LABELS_ASSET = "labels.txt"
 SIGNATURE_KEY = "serving_default"
 
 
@@ -45,13 +50,31 @@ class ExportError(ValueError):
     """The export cannot be written as asked; the message says what to change."""
 
 
+def version_dir(export_dir, global_step):
+    """``<export_dir>/<version>``: the checkpoint's step, or the time for a stepless checkpoint."""
+    version = global_step if global_step is not None and global_step > 0 else int(time.time())
+    return os.path.join(os.path.abspath(export_dir), str(version))
+
+
 def refuse_existing(export_dir, overwrite):
+    """Refuses an export into a version folder that exists (unless ``overwrite``) or a base
+    folder that is itself a SavedModel (the layout before version folders)."""
+    base = os.path.dirname(export_dir)
+    if os.path.exists(os.path.join(base, "saved_model.pb")):
+        raise ExportError(
+            f"export_dir {base} is itself a SavedModel (written before exports had version "
+            "folders); choose a new --export_dir (nothing was written)")
     if os.path.lexists(export_dir) and not overwrite:
         raise ExportError(
-            f"export_dir {export_dir} already exists; pass --overwrite to replace it, or choose "
+            f"export version {export_dir} already exists; pass --overwrite to replace it, or choose "
             "another --export_dir (nothing was written)")
     if os.path.lexists(export_dir) and not os.path.isdir(export_dir):
         raise ExportError(f"export_dir {export_dir} exists and is not a directory; remove it first")
+
+
+def _labels_text(model_config):
+    texts = model_config.label_texts or model_config.class_names
+    return "".join(f"{name}\t{text}\n" for name, text in zip(model_config.class_names, texts))
 
 
 def _build_and_save(staging_dir, checkpoint_prefix, model_config):
@@ -59,7 +82,14 @@ def _build_and_save(staging_dir, checkpoint_prefix, model_config):
     size = model_config.image_size
     # The model's own evaluation crop: serving sees what evaluation measured.
     crop = models.eval_crop(model_config.name)
+    # The asset keeps its file name: write it under that name outside the SavedModel.
+    os.makedirs(f"{staging_dir}-assets")
+    labels_source = os.path.join(f"{staging_dir}-assets", LABELS_ASSET)
+    with open(labels_source, "w", encoding="utf-8") as stream:
+        stream.write(_labels_text(model_config))
     with tf.Graph().as_default():
+        labels_path = tf.constant(labels_source, name="labels_file")
+        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, labels_path)
         jpegs = tf.compat.v1.placeholder(tf.string, [None], name=serving_signature.INPUT_KEY)
         outputs = serving_signature.serving_outputs(
             jpegs,
@@ -80,7 +110,8 @@ def _build_and_save(staging_dir, checkpoint_prefix, model_config):
             builder = tf.compat.v1.saved_model.Builder(staging_dir)
             builder.add_meta_graph_and_variables(
                 session, [tf.saved_model.SERVING], signature_def_map={SIGNATURE_KEY: signature},
-                clear_devices=True, strip_default_attrs=True)
+                clear_devices=True, strip_default_attrs=True,
+                assets_collection=tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS))
             builder.save()
     return saver.last_restored
 
@@ -113,12 +144,12 @@ def _move_into_place(staging_dir, export_dir):
 
 def export_saved_model(export_dir, checkpoint_prefix, model_config, global_step=None,
                        overwrite=False):
-    """Writes the SavedModel of ``checkpoint_prefix``; returns ``export_dir``.
+    """Writes the SavedModel of ``checkpoint_prefix``; returns ``<export_dir>/<version>``.
 
-    Raises ExportError for an existing export_dir without ``overwrite`` and
+    Raises ExportError for an existing version without ``overwrite`` and
     model_fn.CheckpointMismatchError for a checkpoint of another model.
     """
-    export_dir = os.path.abspath(export_dir)
+    export_dir = version_dir(export_dir, global_step)
     refuse_existing(export_dir, overwrite)
     model_fn.check_checkpoint_compatible(
         checkpoint_prefix, config.TrainConfig(model=model_config))
@@ -136,5 +167,6 @@ def export_saved_model(export_dir, checkpoint_prefix, model_config, global_step=
         _move_into_place(staging_dir, export_dir)
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
+        shutil.rmtree(f"{staging_dir}-assets", ignore_errors=True)
     logging.info("exported %s (step %s) to %s", checkpoint_prefix, global_step, export_dir)
     return export_dir

@@ -29,10 +29,12 @@ import contextlib
 import dataclasses
 import os
 import time
+from typing import Optional
 
 from absl import logging
 
 from bwtf import ckpt
+from bwtf.ckpt import run_record as _record_file
 from bwtf.estimator import _flags
 from bwtf.estimator import config
 from bwtf.estimator import inputs
@@ -41,7 +43,9 @@ from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 from bwtf.estimator.cluster import roles as cluster
 from bwtf.estimator.cluster import worker_stop as _worker_stop
 from bwtf.estimator.evaluation import model_setup as _eval_setup
+from bwtf.estimator.evaluation import run_record as _record
 from bwtf.estimator.evaluation import runner as evaluate
+from bwtf.estimator.training import warm_start as _warm_start
 
 _DEFAULT_SAVE_SECS = 600
 DEFAULT_EVAL_TIMEOUT_SECS = 3600.0
@@ -60,6 +64,7 @@ class Job:
     eval_throttle_secs: int
     eval_every_steps: int
     eval_timeout_secs: float = 3600.0
+    warm_start: Optional[_warm_start.WarmStart] = None  # the chief's, on a run without checkpoints
 
 
 def _resolve_role(cluster_values, distribution):
@@ -118,16 +123,55 @@ def _build_job(values, role):
                train_values["eval_every_steps"], train_values.get("eval_timeout_secs", DEFAULT_EVAL_TIMEOUT_SECS))
 
 
-def _check_before_training(job):
-    """Fails fast, before any server starts, on the chief's own problems."""
+def _check_before_training(job, values):
+    """Fails fast, before any server starts, on the chief's own problems; returns the job.
+
+    The chief checks its flags against the run record (or writes the record,
+    before the first checkpoint), plans a warm start, and has every
+    checkpoint's manifest name the record's digest.
+    """
     if not job.role.is_chief:
-        return
-    # Ownership (fences an older chief) and pointers repaired from the
-    # checkpoints themselves, before Estimator or a worker reads them.
-    latest = ckpt.take_ownership(job.train.model_dir)
+        return job
+    import tensorflow as tf
+
+    exists = tf.io.gfile.isdir(job.train.model_dir)
+    record = _record_file.read_record(job.train.model_dir) if exists else None
+    latest = ckpt.latest_intact_checkpoint(job.train.model_dir) if exists else None
+    source = values["train"].get("warm_start_from")
     if latest is not None:
+        if record is not None:
+            _record.check_restart(record.data, record.path, job.train)
         model_fn.check_checkpoint_compatible(latest.path, job.train)
-        logging.info("resuming from %s (step %d)", latest.path, latest.step)
+        logging.info("resuming from %s (step %d)%s", latest.path, latest.step,
+                     "; --warm_start_from is not used again" if source else "")
+    elif source:
+        job = dataclasses.replace(job, warm_start=_warm_start.plan_warm_start(source, job.train))
+    # Only now, with every check passed, is anything written: ownership (fences
+    # an older chief) and pointers repaired from the checkpoints themselves,
+    # before Estimator or a worker reads them.
+    latest = ckpt.take_ownership(job.train.model_dir)
+    if record is None or latest is None:
+        data = _record.build_record(job.train, job.data, _jsonable(values), job.role,
+                                    job.warm_start.describe() if job.warm_start else None)
+        digest = _record_file.write_record(job.train.model_dir, data)
+        logging.info("run record %s written (%s)", os.path.join(job.train.model_dir, _record_file.RECORD_FILE),
+                     digest)
+    else:
+        digest = record.digest
+    policy = dataclasses.replace(job.train.checkpoint_policy,
+                                 manifest_extra=((_record_file.MANIFEST_KEY, digest),))
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, checkpoint_policy=policy))
+
+
+def _jsonable(values):
+    """The flag groups as the record keeps them (lists for tuples, nothing unserializable)."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+    return {group: {name: plain(value) for name, value in sorted(flag_group.items())}
+            for group, flag_group in values.items()}
 
 
 @contextlib.contextmanager
@@ -175,7 +219,7 @@ def _collective_strategy(role):
     return strategy
 
 
-def _estimator(train_config, role_tf_config, strategy=None):
+def _estimator(train_config, role_tf_config, strategy=None, warm_start=None):
     import tensorflow as tf
 
     with _tf_config(role_tf_config):
@@ -187,7 +231,8 @@ def _estimator(train_config, role_tf_config, strategy=None):
             save_summary_steps=train_config.log_every_steps,
             log_step_count_steps=train_config.log_every_steps,
             train_distribute=strategy)
-    return tf.estimator.Estimator(model_fn.model_fn, config=run_config, params=train_config)
+    return tf.estimator.Estimator(model_fn.model_fn, config=run_config, params=train_config,
+                                  warm_start_from=warm_start.settings() if warm_start else None)
 
 
 def _input_fns(job):
@@ -273,7 +318,7 @@ def _train(job, strategy=None):
     # reader (a worker checks sizes only; the chief has verified in full).
     ckpt.install_estimator_step_reader(full=job.role.is_chief)
     train_fn, eval_fn = _input_fns(job)
-    estimator = _estimator(job.train, job.role.tf_config_json(), strategy)
+    estimator = _estimator(job.train, job.role.tf_config_json(), strategy, warm_start=job.warm_start)
     latest = ckpt.latest_intact_checkpoint(job.train.model_dir) if job.role.is_chief else None
     start_step, start = (latest.step if latest else 0), time.monotonic()
     if job.role.is_distributed:
@@ -333,8 +378,7 @@ def run_task(values):
     if role.task_type == "ps":
         return _ps_lifecycle.serve_parameter_server(role)
     strategy = _collective_strategy(role) if _uses_collective_strategy(values, role) else None
-    job = _build_job(values, role)
-    _check_before_training(job)
+    job = _check_before_training(_build_job(values, role), values)
     _log_start(job)
     if role.task_type == "evaluator":
         return _run_evaluator(job)

@@ -24,8 +24,9 @@ def exported(trained_run, tmp_path_factory):
     result = run_module("bwtf.estimator.export", *trained_run.model_flags,
                         f"--model_dir={trained_run.model_dir}", f"--export_dir={export_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == export_dir
-    return export_dir
+    # A numbered version folder, as TF Serving expects: the checkpoint's step.
+    assert result.stdout.strip() == os.path.join(export_dir, "60")
+    return os.path.join(export_dir, "60")
 
 
 @pytest.fixture(scope="module")
@@ -142,24 +143,29 @@ def _leftovers(parent):
     return [name for name in os.listdir(parent) if name.startswith(".tmp-")]
 
 
-def test_an_existing_export_dir_is_kept_unless_overwrite_is_given(trained_run, tmp_path, capsys):
+def test_versions_accumulate_and_an_existing_version_is_kept_unless_overwrite_is_given(
+        trained_run, tmp_path, capsys):
     export_dir = tmp_path / "exp"
     assert run_main(export, _export_argv(trained_run, export_dir, "--checkpoint=latest")) == 0
-    metadata = export_dir / export.METADATA_FILE
-    before = (export_dir / "saved_model.pb").read_bytes()
+    metadata = export_dir / "60" / export.METADATA_FILE
+    before = (export_dir / "60" / "saved_model.pb").read_bytes()
+    os.utime(metadata, (1, 1))
+
+    code = run_main(export, _export_argv(trained_run, export_dir))
+    assert code == export.EXIT_USER_ERROR
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (export_dir / "60" / "saved_model.pb").read_bytes() == before
+    assert metadata.stat().st_mtime == 1
 
     code = run_main(export, _export_argv(
         trained_run, export_dir, f"--checkpoint={trained_run.model_dir}/ckpt-20"))
-    assert code == export.EXIT_USER_ERROR
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
-    assert (export_dir / "saved_model.pb").read_bytes() == before
-    assert json.loads(metadata.read_text())["global_step"] == 60
-
-    code = run_main(export, _export_argv(
-        trained_run, export_dir, f"--checkpoint={trained_run.model_dir}/ckpt-20", "--overwrite"))
     assert code == 0, capsys.readouterr().err
-    assert json.loads(metadata.read_text())["global_step"] == 20
-    assert _leftovers(tmp_path) == []
+    assert sorted(os.listdir(export_dir)) == ["20", "60"]
+    assert json.loads((export_dir / "20" / export.METADATA_FILE).read_text())["global_step"] == 20
+
+    assert run_main(export, _export_argv(trained_run, export_dir, "--overwrite")) == 0
+    assert metadata.stat().st_mtime > 1
+    assert _leftovers(tmp_path) == [] and _leftovers(export_dir) == []
 
 
 def test_a_labels_file_names_the_classes(trained_run, digits_validation, tmp_path, capsys):
@@ -171,7 +177,7 @@ def test_a_labels_file_names_the_classes(trained_run, digits_validation, tmp_pat
     export_dir = tmp_path / "exp"
     code = run_main(export, _export_argv(trained_run, export_dir, f"--labels_file={words}"))
     assert code == 0, capsys.readouterr().err
-    serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(export_dir / "60")).signatures["serving_default"]
     out = serve(jpeg_bytes=tf.constant(digits_validation[0][:4]))
     for classes, texts in zip(out["top_5_classes"].numpy(), out["top_5_labels"].numpy()):
         assert [t.decode() for t in texts] == [f"class number {c}" for c in classes]
@@ -185,7 +191,8 @@ def _bad_export_cases(trained_run, tmp_path):
     flags_without_model = [f for f in trained_run.model_flags if not f.startswith("--model=")]
     return {
         "other_model": ([*flags_without_model, "--model=resnet50",
-                         f"--model_dir={trained_run.model_dir}"], "was not written by model"),
+                         f"--model_dir={trained_run.model_dir}"],
+                        "--model=resnet50 contradicts the run record"),
         "empty_model_dir": ([*trained_run.model_flags, f"--model_dir={empty}"],
                             "holds no intact checkpoint"),
         "missing_labels_file": ([*trained_run.model_flags, f"--model_dir={trained_run.model_dir}",

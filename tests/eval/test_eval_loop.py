@@ -124,3 +124,15 @@ def test_a_history_file_edited_into_nonsense_is_refused_with_its_line(tmp_path, 
     with pytest.raises(_eval_history.HistoryError, match=problem) as error:
         _eval_history.read_history(str(path))
     assert str(path) in str(error.value)
+
+
+def test_the_final_checkpoint_is_evaluated_within_a_watch_period_not_a_whole_throttle(tmp_path):
+    # Throttle 60 s; the final checkpoint is committed 1 s into the wait.
+    fake = FakeRun(upcoming=[30], present=[10])
+    config = _eval_loop.LoopConfig(
+        history_path=str(tmp_path / "eval_validation" / "history.jsonl"), final_step=30,
+        idle_timeout_secs=1000.0, poll_secs=60.0, final_watch_secs=1.0)
+    outcome = _eval_loop.run_loop(config, fake.list_intact, fake.evaluate, sleep=fake.sleep,
+                                  clock=fake.clock)
+    assert outcome.reason == "final" and fake.evaluated == [10, 30]
+    assert fake.now == 1.0, "the evaluator idled after the final checkpoint appeared"

@@ -8,10 +8,10 @@ still needs), a task killed from outside may be restarted, and when the chief
 has ended the others get a bounded grace period before their process groups
 are killed (a worker left running once the chief and every ps have ended can
 never finish, so it gets 30 s; a collective worker cannot go on without the
-chief at all, so it is killed 10 s after the chief ended). Children also die with the launcher
-(``PR_SET_PDEATHSIG``, set by the ``--task`` wrapper before it execs the
-training program), so nothing is left behind even when the launcher is
-SIGKILLed.
+chief at all, so it is killed 10 s after the chief failed or died). Children
+also die with the launcher (``PR_SET_PDEATHSIG``, set by the ``--task``
+wrapper before it execs the training program), so nothing is left behind even
+when the launcher is SIGKILLed.
 
 Deliberately left out: anything scheduler-specific (the batch scripts place
 tasks themselves) and retrying a task that failed by itself (a non-zero exit
@@ -34,8 +34,8 @@ _POLL_SECS = 0.2
 # waits for a ps that will not come back (e.g. its session was being rebuilt
 # after a ps restart): it can never finish, so it is stopped.
 _ORPHANED_WORKER_GRACE_SECS = 30.0
-# A collective worker whose chief ended retries its all-reduce with the chief
-# forever, deaf to SIGTERM (it never returns to Python); only the chief saves,
+# A collective worker whose chief failed or died retries its all-reduce with
+# the chief forever, deaf to SIGTERM (it never returns to Python); only the chief saves,
 # so killing it loses nothing. Its own watchdog (train.py) usually ends it first.
 _COLLECTIVE_WORKER_GRACE_SECS = 10.0
 
@@ -305,7 +305,10 @@ class Supervisor:
                     task.send(signal.SIGTERM)
         deadline = time.monotonic() + self._plan.shutdown_grace_secs
         orphaned_since = None
-        collective_deadline = time.monotonic() + _COLLECTIVE_WORKER_GRACE_SECS
+        # A chief that failed or died strands collective workers; one that
+        # finished leaves them finishing the same last step.
+        collective_deadline = time.monotonic() + _COLLECTIVE_WORKER_GRACE_SECS if chief_status != 0 \
+            else float("inf")
         while time.monotonic() < deadline:
             self._handle_signals()
             running = [t for t in self._tasks if t.process.poll() is None]
@@ -315,12 +318,16 @@ class Supervisor:
             if not running:
                 return
             if self._plan.distribution == "collective" and time.monotonic() > collective_deadline:
-                self._kill_collective_workers(running)
+                self._stop_stranded_workers(
+                    running, f"{_COLLECTIVE_WORKER_GRACE_SECS:.0f}s after the chief failed; a collective "
+                    "worker cannot go on without the chief, so it is killed", signal.SIGKILL)
                 collective_deadline = float("inf")
             if orphaned_since is None and self._workers_orphaned(running):
                 orphaned_since = time.monotonic()
             if orphaned_since is not None and time.monotonic() - orphaned_since > _ORPHANED_WORKER_GRACE_SECS:
-                self._stop_orphaned_workers(running)
+                self._stop_stranded_workers(
+                    running, f"{_ORPHANED_WORKER_GRACE_SECS:.0f}s after the chief and every ps ended; it "
+                    "cannot finish without them, so it is stopped", signal.SIGTERM)
                 orphaned_since = float("inf")
             time.sleep(_POLL_SECS)
         names = ", ".join(t.spec.name for t in self._tasks if t.process.poll() is None)
@@ -332,25 +339,15 @@ class Supervisor:
         return has_ps and all(t.spec.task_type in ("worker", "evaluator") for t in running) \
             and any(t.spec.task_type == "worker" for t in running)
 
-    def _stop_orphaned_workers(self, running):
-        workers = [t for t in running if t.spec.task_type == "worker"]
-        self._output.line("launch", f"{', '.join(t.spec.name for t in workers)} still running "
-                                    f"{_ORPHANED_WORKER_GRACE_SECS:.0f}s after the chief and every ps "
-                                    "ended; it cannot finish without them, so it is stopped")
-        for task in workers:
-            task.signalled = True
-            task.send(signal.SIGTERM)
-
-    def _kill_collective_workers(self, running):
+    def _stop_stranded_workers(self, running, reason, signum):
+        """Sends ``signum`` to the running workers; ``reason`` ends the log line that says why."""
         workers = [t for t in running if t.spec.task_type == "worker"]
         if not workers:
             return
-        self._output.line("launch", f"{', '.join(t.spec.name for t in workers)} still running "
-                                    f"{_COLLECTIVE_WORKER_GRACE_SECS:.0f}s after the chief ended; a collective "
-                                    "worker cannot go on without the chief, so it is killed")
+        self._output.line("launch", f"{', '.join(t.spec.name for t in workers)} still running {reason}")
         for task in workers:
             task.signalled = True
-            task.send(signal.SIGKILL)
+            task.send(signum)
 
     def _kill_all(self):
         for task in self._tasks:

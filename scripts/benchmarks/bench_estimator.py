@@ -3,11 +3,13 @@
     .venv/bin/python scripts/benchmarks/bench_estimator.py [--parts=a,b,c] [--rounds=7]
         [--steps=150] [--accuracy_steps=500] [--work_dir=/tmp/bwtf-bench-estimator]
 
-(a) and (b) run the baseline and bwtf alternately for ``--rounds`` rounds and
-print, for each and for their per-round ratio, the median, the spread (min-max)
-and every round: on a shared machine one run proves nothing, the median of
-ratios measured seconds apart does. Both count CPU seconds of this process, so
-other processes' load enters only through caches and frequency.
+(a) and (b) run the baseline and bwtf alternately, the first of each pair
+swapping every round, and print for each and for their per-round ratio the
+median, the spread (min-max) and the middle half: on a shared machine one run
+proves nothing, the median of ratios measured moments apart does. (a)
+alternates single passes over the samples (``--rounds`` x ``--repeats`` of
+them), (b) whole training runs (``--rounds``). Both count CPU seconds of this
+process, so other processes' load enters only through caches and frequency.
 
 (a) Input pipeline: bwtf's training preprocessing (decode_and_crop_jpeg with a
     sampled box, flip, resize to 224) on the real JPEGs in
@@ -39,14 +41,19 @@ SAMPLES = REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"
 
 
 def _rounds_summary(name, values, unit):
-    """One line: the median of the rounds, their spread (min-max) and every round."""
+    """One line: the median of the rounds, their spread (min-max, and the middle half)
+    and, for up to 10 rounds, every round."""
     low, high = min(values), max(values)
-    rounds = ", ".join(f"{v:.{3 if unit == 'x' else 1}f}" for v in values)
-    median = statistics.median(values)
+    quartiles = statistics.quantiles(values, n=4) if len(values) >= 4 else [low, None, high]
+    middle = f"middle half {quartiles[0]:.3f}-{quartiles[2]:.3f}" if unit == "x" else \
+        f"middle half {quartiles[0]:.1f}-{quartiles[2]:.1f}"
+    rounds = ""
+    if len(values) <= 10:
+        rounds = " (rounds: " + ", ".join(f"{v:.{3 if unit == 'x' else 1}f}" for v in values) + ")"
     if unit == "x":
-        return f"    {name}: median {median:.3f}x, spread {low:.3f}-{high:.3f}x (rounds: {rounds})"
-    return (f"    {name}: median {median:8.1f} {unit}, spread {low:.1f}-{high:.1f} "
-            f"(+-{(high - low) / 2 / median:.0%}) (rounds: {rounds})")
+        return f"    {name}: median {statistics.median(values):.3f}x, spread {low:.3f}-{high:.3f}x, {middle}{rounds}"
+    return (f"    {name}: median {statistics.median(values):8.1f} {unit}, spread {low:.1f}-{high:.1f}, "
+            f"{middle}{rounds}")
 
 
 def _alternating_rounds(rounds, baseline, candidate):
@@ -69,19 +76,30 @@ def _alternating_rounds(rounds, baseline, candidate):
     return base_rates, candidate_rates, ratios
 
 
-def _images_per_sec(tf, encoded, preprocess, repeats):
-    dataset = tf.data.Dataset.from_tensor_slices(encoded).repeat(repeats).map(preprocess)
+def _single_thread_passes(tf, encoded, preprocess):
+    """An endless iterator over ``encoded``, preprocessed on one thread, warmed up."""
+    dataset = tf.data.Dataset.from_tensor_slices(encoded).repeat().map(preprocess)
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
-    dataset = dataset.with_options(options)
-    for _ in dataset.take(len(encoded)):  # Warm-up: tracing and the first decodes.
-        pass
-    # CPU seconds of this process, not wall time: "per core" is then exact,
-    # and other processes on a shared machine do not enter the figure.
-    start, count = time.process_time(), 0
-    for _ in dataset:
-        count += 1
+    # No prefetching: a pipeline must not work ahead while the other one is timed.
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    iterator = iter(dataset.with_options(options))
+    for _ in range(len(encoded)):  # Warm-up: tracing and the first decodes.
+        next(iterator)
+    return iterator
+
+
+def _pass_rate(iterator, count):
+    """Images per CPU second of this process over the next ``count`` images.
+
+    CPU seconds, not wall time: "per core" is then exact, and other processes
+    on a shared machine enter only through caches and clock frequency.
+    """
+    start = time.process_time()
+    for _ in range(count):
+        next(iterator)
     return count / (time.process_time() - start)
 
 
@@ -102,11 +120,15 @@ def bench_input_pipeline(repeats, rounds):
     def fused(data):
         return inputs.train_image_from_bytes(data, size)
 
+    # Both pipelines stay open and take turns pass by pass (one pass: every
+    # sample once), so a burst of other load hits both alike.
+    baseline_passes = _single_thread_passes(tf, encoded, plain)
+    bwtf_passes = _single_thread_passes(tf, encoded, fused)
+    passes = rounds * repeats
     base, bwtf, ratios = _alternating_rounds(
-        rounds, lambda: _images_per_sec(tf, encoded, plain, repeats),
-        lambda: _images_per_sec(tf, encoded, fused, repeats))
-    print(f"(a) input pipeline, {len(encoded)} real JPEGs x {repeats}, 1 core, {size}px, "
-          f"{rounds} alternating rounds, images per CPU second:")
+        passes, lambda: _pass_rate(baseline_passes, len(encoded)), lambda: _pass_rate(bwtf_passes, len(encoded)))
+    print(f"(a) input pipeline, {len(encoded)} real JPEGs, 1 core, {size}px, {passes} alternating passes "
+          f"over the samples, images per CPU second:")
     print(_rounds_summary("decode_jpeg + resize (baseline)", base, "images/s"))
     print(_rounds_summary("bwtf train preprocessing       ", bwtf, "images/s"))
     print(_rounds_summary("ratio (target >= 1.0x)", ratios, "x"))
@@ -300,7 +322,8 @@ def main():
     parser.add_argument("--parts", default="a,b,c")
     parser.add_argument("--steps", type=int, default=150, help="(b) steps per round")
     parser.add_argument("--accuracy_steps", type=int, default=500, help="(c) steps per setup")
-    parser.add_argument("--repeats", type=int, default=5, help="(a) passes over the sample JPEGs per round")
+    parser.add_argument("--repeats", type=int, default=5, help="(a) passes per round: (a) alternates "
+                        "--rounds x --repeats passes over the sample JPEGs")
     parser.add_argument("--rounds", type=int, default=7, help="(a), (b) alternating rounds")
     parser.add_argument("--work_dir", default="/tmp/bwtf-bench-estimator")
     args = parser.parse_args()

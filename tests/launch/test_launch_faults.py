@@ -31,11 +31,11 @@ def _statuses(output):
 
 
 def _chief_steps(output):
-    return [int(s) for s in re.findall(r"^\[chief\] .*_progress\.py:\d+\] step (\d+)/", output, re.M)]
+    return [int(s) for s in re.findall(r"^\[chief\] .*progress\.py:\d+\] step (\d+)/", output, re.M)]
 
 
 def _wait_for_chief_step(run, at_least, timeout_secs):
-    run.wait_for_line("_progress.py", timeout_secs)
+    run.wait_for_line("progress.py", timeout_secs)
     pattern = re.compile(r"^\[chief\] .*\] step (\d+)/", re.M)
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:

@@ -217,7 +217,7 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
         bad_images=builder_lib.bad_image_count(report), reencoded=len(report.get("reencoded", [])),
         skipped_members=len(report.get("skipped_members", [])), problems=len(report.get("problems", [])),
         layout=report.get("layout", "unknown"), notes=report.get("notes", ""),
-        seconds=seconds, num_workers=builder.workers_used, reused=reused, corrections=report.get("counts", {}))
+        seconds=seconds, num_workers=builder.workers_used if options is None else num_workers, reused=reused, corrections=report.get("counts", {}))
 
 
 def _exit_bad_input(message):

@@ -56,6 +56,7 @@ class ClassItem:
     selection: Selection
     boxes: dict
     typical_tars: tuple = ()  # (offset, size) of synset tars of median size in ``path``, for loss estimates
+    part: tuple = (0, 1)  # (k, n): this item is the k-th of n slices of the class's selected images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,21 +249,30 @@ def _class_examples(item, report):
     labels = (item.synset, item.label, item.label_text)
     try:
         with _open_class(item) as images_of_class:
-            for name in select(images_of_class.names(), item.selection):
+            for name in _part_of(select(images_of_class.names(), item.selection), item.part):
                 data = _read_image(images_of_class, name, item.split, f"{where}/{name}", report)
                 example = None if data is None else _example(
                     item.split, f"{where}/{name}", name, data, labels, item.boxes, report)
                 if example:
                     yield example
-            report.skipped_members.extend({"file": f"{where}/{m.name}", "reason": m.reason}
-                                          for m in images_of_class.unsafe)
-            if images_of_class.damage:
-                _report_damage(item, where, images_of_class, report)
+            if item.part[0] == 0:  # every slice sees the same listing; the first reports it
+                report.skipped_members.extend({"file": f"{where}/{m.name}", "reason": m.reason}
+                                              for m in images_of_class.unsafe)
+                if images_of_class.damage:
+                    _report_damage(item, where, images_of_class, report)
     except (tarfile.ReadError, OSError) as error:
         # Not even the first header is readable: every image of the tar is lost.
+        if item.part[0]:
+            return
         report.bad_images.append({"split": item.split, "file": where, "damaged_archive": True,
                                   "images": _estimate_unreadable(item),
                                   "reason": f"synset tar unreadable, all its images are left out: {error}"})
+
+
+def _part_of(names, part):
+    """The k-th of n contiguous slices of the sorted selected names."""
+    k, n = part
+    return names[k * len(names) // n : (k + 1) * len(names) // n]
 
 
 def _estimate_unreadable(item):

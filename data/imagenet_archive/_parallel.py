@@ -29,6 +29,7 @@ from concurrent import futures
 import contextlib
 import ctypes
 import dataclasses
+import math
 import multiprocessing
 import os
 import shutil
@@ -48,6 +49,10 @@ from bwtf.data.imagenet_archive import _examples
 _BUCKETS = shuffle.BUCKETS_NUMBER
 _RECORD_HEADER = struct.Struct(">16sQ")  # 128-bit hashed key, record length
 _RUN_BYTES = 32 << 20  # serialized examples a worker holds before writing a run
+# A synset tar is split into tasks of about this many bytes, so that two
+# workers stay busy to the end even when one of them is slowed by another
+# job (a whole ~150 MB synset tar per task left one worker idle at the end).
+PART_BYTES = 24 << 20
 _worker = {}  # per-process state set by _init_worker
 
 
@@ -246,6 +251,22 @@ def _reduce_phase(pool, runs, target):
     return split_infos
 
 
+def split_items(items_of_split):
+    """{split: items} with each synset tar item cut into parts of ~PART_BYTES, indexes renumbered.
+
+    The parts of one class select exactly the images the whole item would
+    (see _examples._part_of), so the examples and shards do not change.
+    """
+    result = {}
+    for split, items in items_of_split.items():
+        parts = []
+        for item in items:
+            count = max(1, math.ceil(item.size / PART_BYTES)) if isinstance(item, _examples.ClassItem) else 1
+            parts += [dataclasses.replace(item, part=(k, count)) if count > 1 else item for k in range(count)]
+        result[split] = [dataclasses.replace(item, index=index) for index, item in enumerate(parts)]
+    return result
+
+
 def write_splits(items_of_split, target, num_workers):
     """Builds every split of ``items_of_split`` ({split: items}) with ``num_workers`` processes.
 
@@ -254,6 +275,7 @@ def write_splits(items_of_split, target, num_workers):
     the workers are killed at once and the run files removed; a worker also
     dies when this process is killed outright.
     """
+    items_of_split = split_items(items_of_split)
     os.makedirs(target.scratch_dir, exist_ok=True)
     # fork: the workers inherit the imported modules and the features instead
     # of importing TensorFlow again (seconds per worker on a loaded node), and

@@ -280,7 +280,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             shard_config=download_config.get_shard_config(),
             report_dir=os.fspath(epath.Path(self.data_dir) / _PARTS_DIR),
             scratch_dir=os.fspath(epath.Path(self.data_path) / "_parallel_runs"))
-        self.workers_used = _parallel.worker_count(self.local_workers, sum(map(len, items_of_split.values())))
+        tasks = sum(map(len, _parallel.split_items(items_of_split).values()))
+        self.workers_used = _parallel.worker_count(self.local_workers, tasks)
         split_infos = _parallel.write_splits(items_of_split, target, self.workers_used)
         self.info.set_splits(tfds.core.SplitDict(split_infos))
 

@@ -147,3 +147,20 @@ def test_cli_user_errors_are_one_line_messages(module, args, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "new") and not list(tmp_path.glob("out/imagenet_archive/*/1.0.0*"))
+
+
+@pytest.mark.timeout(300)
+def test_synset_tars_cut_into_parts_write_the_same_shards(tiny_copy, tools, tmp_path, monkeypatch):
+    from bwtf.data.imagenet_archive import _parallel
+
+    manual_dir = tiny_copy()
+    tools.add_to_synset_tar(manual_dir, "n00000004", [("n00000004_9999.JPEG", b"not an image")])
+    sequential = tools.build(manual_dir, tmp_path / "seq", max_bad_image_fraction=0.1)
+    monkeypatch.setattr(_parallel, "PART_BYTES", 1500)  # a tiny synset tar becomes several tasks
+    from bwtf.data.imagenet_archive import _examples
+
+    item = _examples.ClassItem("train", 0, "n00000004", 4, "", "x.tar", 0, 5000, _examples.Selection(), {})
+    assert [p.part for p in _parallel.split_items({"train": [item]})["train"]] == [(k, 4) for k in range(4)]
+    parallel = tools.build(manual_dir, tmp_path / "par", num_workers=2, max_bad_image_fraction=0.1)
+    assert _tfrecords(parallel.dataset_dir) == _tfrecords(sequential.dataset_dir) != {}
+    assert parallel.bad_images == sequential.bad_images == 1

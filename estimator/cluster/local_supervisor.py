@@ -2,12 +2,16 @@
 
 ``bwtf.estimator.launch`` turns flags into a :class:`LaunchPlan`; :func:`plan_tasks` lays
 the tasks out on free ports (one ``TF_CONFIG`` each) and :class:`Supervisor`
-runs them: every output line is prefixed with its task's name, SIGTERM/SIGINT
-reach the training tasks (never the ps tasks, which the chief's final save
-still needs), a task killed from outside may be restarted, and when the chief
-has ended the others get a bounded grace period before their process groups
-are killed (a worker left running once the chief and every ps have ended can
-never finish, so it gets 30 s). Children also die with the launcher
+runs them: every output line is prefixed with its task's name; the first
+SIGTERM or SIGINT (Ctrl-C) reaches the training tasks as SIGTERM, so that the
+chief saves and exits 75 (never the ps tasks, which the chief's final save
+still needs), and a second one kills every task at once; a task killed from
+outside may be restarted. When the chief has finished (0) or stopped for
+requeue (75) the others get a bounded grace period before their process
+groups are killed (a worker left running once the chief and every ps have
+ended can never finish, so it gets 30 s); when it failed in any other way
+(a bad flag at startup, a crash) they are killed at once, each with one line
+saying why, since only the chief writes checkpoints. Children also die with the launcher
 (``PR_SET_PDEATHSIG``, set by the ``--task`` wrapper before it execs the
 training program), so nothing is left behind even when the launcher is
 SIGKILLed.
@@ -27,6 +31,8 @@ import sys
 import threading
 import time
 from typing import Optional
+
+from bwtf import ckpt
 
 _POLL_SECS = 0.2
 # A worker still running this long after the chief and every ps have ended
@@ -228,7 +234,10 @@ class Supervisor:
             for task in self._tasks:
                 task.start()
             status = self._wait_for_chief()
-            self._wind_down(status)
+            if status in (0, ckpt.EXIT_REQUEUE) or self._forwarded > 1:
+                self._wind_down(status)
+            else:
+                self._stop_after_chief_failure(status)
             return status
         finally:
             self._kill_all()
@@ -240,7 +249,10 @@ class Supervisor:
         return self._tasks[0]
 
     def _handle_signals(self):
-        """Forwards the first signal to the training tasks; a second one kills everything."""
+        """Forwards the first signal to the training tasks as SIGTERM; a second one kills everything.
+
+        Returns True once everything has been killed.
+        """
         while self._signals:
             signum = self._signals.pop(0)
             self._forwarded += 1
@@ -248,13 +260,17 @@ class Supervisor:
             if self._forwarded > 1:
                 self._output.line("launch", f"second {name}: killing every task now")
                 self._kill_all()
-                return
-            self._output.line("launch", f"{name} received: forwarding it to the chief, workers and "
-                                        "evaluator (the ps tasks stay up for the chief's final save)")
+                return True
+            # SIGTERM, whatever came: Ctrl-C means "save and stop" too, and a
+            # SIGINT would reach the tasks as KeyboardInterrupt tracebacks.
+            self._output.line("launch", f"{name} received: asking the chief, workers and evaluator to save "
+                                        "and stop (SIGTERM; the ps tasks stay up for the chief's final "
+                                        "save); a second signal kills every task")
             for task in self._tasks:
                 if task.spec.task_type != "ps":
                     task.signalled = True
-                    task.send(signum)
+                    task.send(signal.SIGTERM)
+        return False
 
     def _report_end(self, task):
         if task in self._reported:
@@ -277,7 +293,8 @@ class Supervisor:
 
     def _wait_for_chief(self):
         while True:
-            self._handle_signals()
+            if self._handle_signals():
+                return exit_status(self._chief.process.returncode)
             for task in self._tasks:
                 if task.process.poll() is None or task in self._reported or self._maybe_restart(task):
                     continue
@@ -290,6 +307,20 @@ class Supervisor:
                     self._signals.append(signal.SIGTERM)
             time.sleep(_POLL_SECS)
 
+    def _stop_after_chief_failure(self, chief_status):
+        """Kills every other task at once, one line each: nothing is left for them to do."""
+        for task in self._tasks:
+            if task.process.poll() is None:
+                task.signalled = True
+                task.send(signal.SIGKILL)
+                task.process.wait()
+                task.flush_output()
+                self._reported.add(task)
+                self._output.line("launch", f"{task.spec.name} stopped: the chief failed with status "
+                                            f"{chief_status}")
+            else:
+                self._report_end(task)
+
     def _wind_down(self, chief_status):
         """Waits for the other tasks to end by themselves, within the grace period."""
         if chief_status != 0 and not self._forwarded:
@@ -301,7 +332,8 @@ class Supervisor:
         deadline = time.monotonic() + self._plan.shutdown_grace_secs
         orphaned_since = None
         while time.monotonic() < deadline:
-            self._handle_signals()
+            if self._handle_signals():
+                return
             running = [t for t in self._tasks if t.process.poll() is None]
             for task in self._tasks:
                 if task.process.poll() is not None:

@@ -13,7 +13,9 @@ saw, or when its TF_CONFIG port is taken, and then replaces itself with the
 training program (so signals and exit codes pass unchanged). With
 ``--status_dir`` it instead waits for the program and writes its exit status
 to ``<status_dir>/task-<rank>.status``; ``--task_log_dir`` then sends the
-program's output to ``<task_log_dir>/train-<rank>.log``. See
+program's output to ``<task_log_dir>/train-<rank>.log``, and
+``--chief_status_file`` stops the task (status 70) once the chief has
+failed, so that a chief failing at startup ends the whole job. See
 ``bwtf.estimator.cluster.batch_task`` for why. ``bwtf-launch --task`` is an
 alias of this program.
 
@@ -44,6 +46,9 @@ _LOG_DIR = flags.DEFINE_string(
 _PRINT_EVALUATOR_TF_CONFIG = flags.DEFINE_boolean(
     "print_evaluator_tf_config", False,
     "Print the TF_CONFIG for an evaluator started beside a scheduler's training step and exit.")
+_CHIEF_STATUS_FILE = flags.DEFINE_string(
+    "chief_status_file", None, "With --status_dir: the chief's status file; once it says the chief failed, "
+    "stop this task (status 70) instead of waiting for a chief that will not come.")
 _TASK_MODULE = flags.DEFINE_string(
     "task_module", "bwtf.estimator.train", "The module the task runs with python -m.")
 
@@ -57,7 +62,7 @@ def main(argv):
             print(_flags_digest.flags_digest(argv[1:]))
             return 0
         return batch_task.exec_task(argv[1:], _FLAGS_DIGEST.value, _TASK_MODULE.value, _STATUS_DIR.value,
-                                    _LOG_DIR.value)
+                                    _LOG_DIR.value, _CHIEF_STATUS_FILE.value)
     except (_local_cluster.LaunchError, _flags_digest.FlagsMismatchError,
             _ps_lifecycle.PortInUseError) as error:
         print(f"bwtf-launch: error: {error}", file=sys.stderr)

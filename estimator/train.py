@@ -26,11 +26,17 @@ synchronously; ``collective`` uses MultiWorkerMirroredStrategy (all-reduce,
 no ps); ``none`` (or any single-task job) trains in this process and
 evaluates every ``--eval_every_steps``.
 
-GPUs: one GPU per worker process. Set ``CUDA_VISIBLE_DEVICES`` per task (the
-launcher does: ``srun --gpus-per-task=1``, or the local rank under mpiexec) so
-each process sees exactly one GPU, and install ``bwtf[gpu]``. ``--precision=bf16``
-suits A100/H100; ``fp16`` (with dynamic loss scaling) suits V100; ``--xla``
-compiles the model on either. ps tasks need no GPU (``CUDA_VISIBLE_DEVICES=``).
+GPUs: one GPU per chief/worker process, none for the ps tasks and the
+evaluator. Give every task of a node the node's GPUs (``sbatch --gres=gpu:4``,
+or ``BWTF_GPUS_PER_NODE=4``); each task keeps the one that matches its place
+among the node's training tasks and logs it with its node (see
+``bwtf.estimator.cluster.roles.visible_devices``); install ``bwtf[gpu]``.
+``--precision=bf16`` suits A100/H100; ``fp16`` (with dynamic loss scaling)
+suits V100; ``--xla`` compiles the model on either.
+
+Signals: SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) all mean "save at the current
+step and exit 75"; a SIGINT is turned into a SIGTERM, so no task ever ends in
+a KeyboardInterrupt traceback.
 
 Exit codes: 0 done; 2 bad flags, data, cluster or checkpoint (one-line message,
 nothing started); ``bwtf.ckpt.EXIT_FENCED`` (73) for a chief whose model_dir a
@@ -45,6 +51,8 @@ lifecycle's code, and a ps-cluster worker exits 70
 Deliberately left out: launching the other tasks (``bwtf-launch``), one-shot
 evaluation and export (``bwtf-eval``, ``bwtf-export``).
 """
+import os
+import signal
 import sys
 
 from absl import app
@@ -94,9 +102,16 @@ def flag_values():
             "ckpt": _CKPT.values(), "cluster": _CLUSTER.values()}
 
 
+def _sigint_means_sigterm():
+    """Ctrl-C (or srun's SIGINT) then does whatever SIGTERM does at that moment: a final save and 75
+    while training, the ps's "stay up for the chief", a quiet end before training starts."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag")
+    _sigint_means_sigterm()
     _tf_logging.route_tensorflow_logs_through_absl()
     try:
         code = task.run_task(flag_values())

@@ -15,7 +15,11 @@ training flags once, then start one wrapper per task. The wrapper:
   of a step, so the batch script reads these files to tell a chief that
   stopped for requeue (75) from workers that a SIGTERM killed. In that mode
   the wrapper survives SIGTERM/SIGINT/SIGUSR1, which the scheduler delivers to
-  the whole process group, so it can still write the status afterwards.
+  the whole process group, so it can still write the status afterwards;
+* given the chief's status file, stops its task (SIGKILL, status 70, one line
+  in the task's log) once the chief has failed: a chief that fails before
+  training (a bad flag) then ends the whole job within seconds, instead of a
+  ps waiting 900 s for it and holding every node.
 
 ``evaluator_tf_config`` is the TF_CONFIG of an evaluator that the batch script
 starts in a step of its own.
@@ -30,11 +34,13 @@ import signal
 import subprocess
 import sys
 
+from bwtf import ckpt
 from bwtf.estimator.cluster import flags_digest as _flags_digest
 from bwtf.estimator.cluster import local_supervisor as _local_cluster
 from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 
 _PR_SET_PDEATHSIG = 1
+_CHIEF_POLL_SECS = 1.0
 # Same order as bwtf.estimator.cluster.roles: the first one set names this task's rank.
 _RANK_VARIABLES = ("SLURM_PROCID", "PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
 
@@ -78,7 +84,43 @@ def _task_rank():
     return f"pid{os.getpid()}"
 
 
-def _run_and_record(command, status_dir, log_dir):
+def chief_failure(chief_status_file):
+    """The chief's exit status once its file says it failed; None while it runs, or when it
+    finished (0) or stopped for requeue (75)."""
+    try:
+        with open(chief_status_file, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except OSError:
+        return None
+    if not text.isdigit() or int(text) in (0, ckpt.EXIT_REQUEUE):
+        return None
+    return int(text)
+
+
+def _wait_watching_the_chief(child, chief_status_file, say):
+    """The child's exit status; once the chief has failed, SIGKILLs it and returns 70.
+
+    Only the chief writes checkpoints, so nothing is lost by killing the
+    others; without this a ps would wait for a chief that never comes, and a
+    worker for a chief that never initializes the variables.
+    """
+    while True:
+        try:
+            return _local_cluster.exit_status(child.wait(timeout=_CHIEF_POLL_SECS))
+        except InterruptedError:
+            continue
+        except subprocess.TimeoutExpired:
+            failed = chief_failure(chief_status_file) if chief_status_file else None
+            if failed is None:
+                continue
+            say(f"bwtf-launch: rank {_task_rank()} ({_task_name()}): the chief (rank 0) failed with status "
+                f"{failed}; stopping this task, which exits with {_ps_lifecycle.EXIT_CHIEF_VANISHED}")
+            child.kill()
+            child.wait()
+            return _ps_lifecycle.EXIT_CHIEF_VANISHED
+
+
+def _run_and_record(command, status_dir, log_dir, chief_status_file=None):
     """Runs ``command`` to its end and writes its exit status where the batch script looks."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         # A handler, not SIG_IGN: the child must not inherit an ignored signal.
@@ -87,13 +129,14 @@ def _run_and_record(command, status_dir, log_dir):
     if log_dir:  # mpiexec/aprun have no portable per-rank output option; srun does.
         os.makedirs(log_dir, exist_ok=True)
         log = open(os.path.join(log_dir, f"train-{_task_rank()}.log"), "ab")
+
+    def say(line):
+        stream = log or sys.stderr.buffer
+        stream.write(line.encode("utf-8") + b"\n")
+        stream.flush()
+
     child = subprocess.Popen(command, preexec_fn=die_with_parent, stdout=log, stderr=log)
-    while True:
-        try:
-            status = _local_cluster.exit_status(child.wait())
-            break
-        except InterruptedError:
-            continue
+    status = _wait_watching_the_chief(child, chief_status_file, say)
     os.makedirs(status_dir, exist_ok=True)
     path = os.path.join(status_dir, f"task-{_task_rank()}.status")
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
@@ -102,8 +145,13 @@ def _run_and_record(command, status_dir, log_dir):
     return status
 
 
-def exec_task(train_argv, expected_digest, module, status_dir, log_dir):
-    """Checks this task, then execs ``python -m module train_argv`` (or runs it, with ``status_dir``)."""
+def exec_task(train_argv, expected_digest, module, status_dir, log_dir, chief_status_file=None):
+    """Checks this task, then execs ``python -m module train_argv`` (or runs it, with ``status_dir``).
+
+    With ``chief_status_file`` (the chief's status file, which its own wrapper
+    writes) the task is stopped within seconds, with status 70, once the chief
+    has failed.
+    """
     die_with_parent()
     if expected_digest:
         _flags_digest.check_flags_digest(train_argv, expected_digest, _task_name())
@@ -115,7 +163,7 @@ def exec_task(train_argv, expected_digest, module, status_dir, log_dir):
             pass  # A malformed address: the training program's cluster check explains it.
     command = [sys.executable, "-m", module] + list(train_argv)
     if status_dir:
-        return _run_and_record(command, status_dir, log_dir)
+        return _run_and_record(command, status_dir, log_dir, chief_status_file)
     os.execv(sys.executable, command)
 
 

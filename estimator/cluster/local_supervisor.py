@@ -2,16 +2,20 @@
 
 ``bwtf.estimator.launch`` turns flags into a :class:`LaunchPlan`; :func:`plan_tasks` lays
 the tasks out on free ports (one ``TF_CONFIG`` each) and :class:`Supervisor`
-runs them: every output line is prefixed with its task's name, SIGTERM/SIGINT
-reach the training tasks (never the ps tasks, which the chief's final save
-still needs), a task killed from outside may be restarted, and when the chief
-has ended the others get a bounded grace period before their process groups
-are killed (a worker left running once the chief and every ps have ended can
-never finish, so it gets 30 s; a collective worker cannot go on without the
-chief at all, so it is killed 10 s after the chief failed or died). Children
-also die with the launcher (``PR_SET_PDEATHSIG``, set by the ``--task``
-wrapper before it execs the training program), so nothing is left behind even
-when the launcher is SIGKILLed.
+runs them: every output line is prefixed with its task's name; the first
+SIGTERM or SIGINT (Ctrl-C) reaches the training tasks as SIGTERM, so that the
+chief saves and exits 75 (never the ps tasks, which the chief's final save
+still needs), and a second one kills every task at once; a task killed from
+outside may be restarted. When the chief has finished (0) or stopped for
+requeue (75) the others get a bounded grace period before their process
+groups are killed (a worker left running once the chief and every ps have
+ended can never finish, so it gets 30 s, and a collective worker cannot go on
+without the chief at all, so it is killed 10 s after the chief died); when it failed in any other way
+(a bad flag at startup, a crash) they are killed at once, each with one line
+saying why, since only the chief writes checkpoints. Children also die with the launcher
+(``PR_SET_PDEATHSIG``, set by the ``--task`` wrapper before it execs the
+training program), so nothing is left behind even when the launcher is
+SIGKILLed.
 
 Deliberately left out: anything scheduler-specific (the batch scripts place
 tasks themselves) and retrying a task that failed by itself (a non-zero exit
@@ -28,6 +32,8 @@ import sys
 import threading
 import time
 from typing import Optional
+
+from bwtf import ckpt
 
 _POLL_SECS = 0.2
 # A worker still running this long after the chief and every ps have ended
@@ -233,7 +239,10 @@ class Supervisor:
             for task in self._tasks:
                 task.start()
             status = self._wait_for_chief()
-            self._wind_down(status)
+            if status in (0, ckpt.EXIT_REQUEUE) or self._forwarded > 1:
+                self._wind_down(status)
+            else:
+                self._stop_after_chief_failure(status)
             return status
         finally:
             self._kill_all()
@@ -245,7 +254,10 @@ class Supervisor:
         return self._tasks[0]
 
     def _handle_signals(self):
-        """Forwards the first signal to the training tasks; a second one kills everything."""
+        """Forwards the first signal to the training tasks as SIGTERM; a second one kills everything.
+
+        Returns True once everything has been killed.
+        """
         while self._signals:
             signum = self._signals.pop(0)
             self._forwarded += 1
@@ -253,13 +265,17 @@ class Supervisor:
             if self._forwarded > 1:
                 self._output.line("launch", f"second {name}: killing every task now")
                 self._kill_all()
-                return
-            self._output.line("launch", f"{name} received: forwarding it to the chief, workers and "
-                                        "evaluator (the ps tasks stay up for the chief's final save)")
+                return True
+            # SIGTERM, whatever came: Ctrl-C means "save and stop" too, and a
+            # SIGINT would reach the tasks as KeyboardInterrupt tracebacks.
+            self._output.line("launch", f"{name} received: asking the chief, workers and evaluator to save "
+                                        "and stop (SIGTERM; the ps tasks stay up for the chief's final "
+                                        "save); a second signal kills every task")
             for task in self._tasks:
                 if task.spec.task_type != "ps":
                     task.signalled = True
-                    task.send(signum)
+                    task.send(signal.SIGTERM)
+        return False
 
     def _report_end(self, task):
         if task in self._reported:
@@ -282,7 +298,8 @@ class Supervisor:
 
     def _wait_for_chief(self):
         while True:
-            self._handle_signals()
+            if self._handle_signals():
+                return exit_status(self._chief.process.returncode)
             for task in self._tasks:
                 if task.process.poll() is None or task in self._reported or self._maybe_restart(task):
                     continue
@@ -294,6 +311,20 @@ class Supervisor:
                                                 "stopping the job (the chief cannot train without it)")
                     self._signals.append(signal.SIGTERM)
             time.sleep(_POLL_SECS)
+
+    def _stop_after_chief_failure(self, chief_status):
+        """Kills every other task at once, one line each: nothing is left for them to do."""
+        for task in self._tasks:
+            if task.process.poll() is None:
+                task.signalled = True
+                task.send(signal.SIGKILL)
+                task.process.wait()
+                task.flush_output()
+                self._reported.add(task)
+                self._output.line("launch", f"{task.spec.name} stopped: the chief failed with status "
+                                            f"{chief_status}")
+            else:
+                self._report_end(task)
 
     def _wind_down(self, chief_status):
         """Waits for the other tasks to end by themselves, within the grace period."""
@@ -310,7 +341,8 @@ class Supervisor:
         collective_deadline = time.monotonic() + _COLLECTIVE_WORKER_GRACE_SECS if chief_status != 0 \
             else float("inf")
         while time.monotonic() < deadline:
-            self._handle_signals()
+            if self._handle_signals():
+                return
             running = [t for t in self._tasks if t.process.poll() is None]
             for task in self._tasks:
                 if task.process.poll() is not None:

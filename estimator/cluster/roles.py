@@ -2,6 +2,9 @@
 
     resolve(source="auto", job_name=None, task_index=None, ps_hosts=(),
             worker_hosts=(), num_ps=1) -> ClusterRole   (reads os.environ)
+    visible_devices(role, environ) -> str | None   this task's CUDA_VISIBLE_DEVICES
+    describe_placement(role, environ) -> str       "task ps:0 (rank 3) on node3, CUDA_VISIBLE_DEVICES=''"
+    place_tasks(hosts, num_ps, base_port, where), expand_hostlist(text), expand_tasks_per_node(text)
     ClusterRole(task_type, task_id, cluster_spec, source)
         .tf_config_json()   the TF_CONFIG the Estimator reads ("" when local)
         .is_chief, .is_distributed, .num_workers, .num_ps, .input_pipeline_id,
@@ -16,17 +19,35 @@ Sources, first match wins with ``source="auto"`` (or forced by name):
    (TF's ``TFConfigClusterResolver`` accepts malformed values silently and
    would fail later, deep in the Estimator). A cluster without a ``chief``
    job gets worker 0 promoted the same way.
-3. ``slurm``: inside an ``srun`` step (``SLURM_STEP_NUM_TASKS`` set). TF's
-   ``SlurmClusterResolver`` lays out the tasks, mixed on nodes as Slurm placed
-   them: the first ``num_ps`` ranks are ps, the rest workers (rank ``num_ps``
-   is the chief). Ports start at 20000 + 16 * (job id mod 2000), so two jobs
-   sharing a node do not collide (up to 16 tasks per node and job).
+3. ``slurm``: inside an ``srun`` step (``SLURM_STEP_NUM_TASKS`` set). The
+   step's hosts come from ``SLURM_STEP_NODELIST`` and
+   ``SLURM_STEP_TASKS_PER_NODE`` in Slurm's order, ranks in blocks (the batch
+   script asks for ``--distribution=block``); roles are placed as below.
 4. ``pbs``: ``PBS_NODEFILE`` plus the rank from ``PMI_RANK``, ``PALS_RANKID``,
    ``OMPI_COMM_WORLD_RANK`` or ``ALPS_APP_PE`` (first set wins) and the size
    from ``PMI_SIZE``, ``PALS_SIZE``, ``OMPI_COMM_WORLD_SIZE`` (else one task per
-   node-file line). Rank r runs on line r of the node file (mpiexec's default
-   block placement); ps/worker split and ports as for Slurm, from ``PBS_JOBID``.
+   node-file line). Rank r runs on line r+1 of the node file; roles are placed
+   as below, ports from ``PBS_JOBID``.
 5. ``local``: one process, no cluster.
+
+Placement under Slurm and PBS (``place_tasks``): rank 0, on the first node, is
+the chief; the ``num_ps`` ps tasks take the last rank of the last node, of the
+node before it, and so on (round robin), so they spread over the nodes and
+stay off the chief's node while there are others; the remaining ranks are the
+workers, in rank order. (TF's ``SlurmClusterResolver`` puts the ps on the
+first ranks, the chief's node, and sorts host names as text, so node10 comes
+before node2.) A task's port is the job's first port plus its index among the
+job's tasks on its host; the first port is ``BWTF_PORT_BASE`` when set, else
+20000 + 16 * (job id mod 2000), so that two jobs sharing a node do not collide
+unless their ids differ by a multiple of 2000 (a task then refuses to start
+on its taken port, naming it) or one of them runs more than 16 tasks on a node
+(refused: set ``BWTF_PORT_BASE``).
+
+GPUs (``visible_devices``): a task of a scheduler's job that sees its node's
+GPUs in ``CUDA_VISIBLE_DEVICES`` (or ``BWTF_GPUS_PER_NODE=N``) keeps the i-th of
+them if it is the i-th training task (chief or worker) on its node, and none if
+it is a ps or the evaluator. ``bwtf-train`` applies this before TensorFlow
+touches a GPU and logs it with the task's node (``describe_placement``).
 
 A single-task Slurm step or PBS job resolves to ``local`` training, with its
 source still named. ``num_ps=0`` (collective training) makes every task a
@@ -34,13 +55,13 @@ worker. The evaluator is not part of the training cluster; it comes only from
 flags or TF_CONFIG.
 
 Deliberately left out: starting servers (``train`` and ``ps_lifecycle`` do
-that), GPU assignment (one GPU per process: the launcher sets
-``CUDA_VISIBLE_DEVICES``), and any network probing.
+that) and any network probing.
 """
 import dataclasses
 import json
 import os
 import re
+import socket
 from typing import Dict, List
 
 from absl import logging
@@ -53,6 +74,9 @@ _PORTS_PER_JOB = 16
 _PORT_SLOTS = 2000
 _RANK_VARIABLES = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
 _SIZE_VARIABLES = ("PMI_SIZE", "PALS_SIZE", "OMPI_COMM_WORLD_SIZE")
+_PORT_BASE_VARIABLE = "BWTF_PORT_BASE"
+_GPUS_PER_NODE_VARIABLE = "BWTF_GPUS_PER_NODE"
+_SCHEDULER_RANK_VARIABLES = ("SLURM_PROCID",) + ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
 _SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
                     "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:(\d{1,5})$")
@@ -214,7 +238,14 @@ def _from_tf_config(text):
     return _role(spec, task_type, task_id, "tf_config")
 
 
-def _port_base(job_id, variable):
+def _port_base(job_id, variable, environ):
+    """The job's first port: BWTF_PORT_BASE, else derived from the numeric job id."""
+    override = environ.get(_PORT_BASE_VARIABLE, "").strip()
+    if override:
+        if not override.isdigit() or not 1024 <= int(override) <= 65535 - _PORTS_PER_JOB:
+            raise ClusterError(f"{_PORT_BASE_VARIABLE} must be a port in 1024-{65535 - _PORTS_PER_JOB}; "
+                               f"found {override!r}")
+        return int(override)
     digits = re.match(r"\d+", job_id or "")
     if not digits:
         raise ClusterError(f"{variable} must start with the numeric job id; found {job_id!r}")
@@ -238,9 +269,100 @@ def _int_variable(environ, name):
     return int(value)
 
 
-def _from_slurm(environ, num_ps):
-    import tensorflow as tf
+def expand_hostlist(text):
+    """Slurm's compressed host list as names: "nid[001-003,7],login2" -> nid001 nid002 nid003 nid007 login2."""
+    hosts = []
+    for item in _split_outside_brackets(text, "SLURM_STEP_NODELIST"):
+        hosts.extend(_expand_host_item(item))
+    return hosts
 
+
+def _split_outside_brackets(text, variable):
+    items, depth, current = [], 0, []
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0 or depth > 1:
+            break
+        if char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth != 0:
+        raise ClusterError(f"{variable} has unbalanced brackets: {text!r}")
+    items.append("".join(current))
+    if not all(items):
+        raise ClusterError(f"{variable} has an empty host name: {text!r}")
+    return items
+
+
+def _expand_host_item(item):
+    match = re.match(r"^([^\[\]]*)\[([^\]]*)\](.*)$", item)
+    if not match:
+        return [item]
+    prefix, ranges, rest = match.groups()
+    names = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or not (last or first).isdigit() or int(last or first) < int(first):
+            raise ClusterError(f"SLURM_STEP_NODELIST range {part!r} in {item!r} is not N or N-M with N <= M")
+        for number in range(int(first), int(last or first) + 1):
+            names.extend(f"{prefix}{number:0{len(first)}d}{tail}" for tail in _expand_host_item(rest))
+    return names
+
+
+def expand_tasks_per_node(text):
+    """Slurm's "2(x3),1" as [2, 2, 2, 1]."""
+    counts = []
+    for part in text.split(","):
+        match = re.match(r"^(\d+)(?:\(x(\d+)\))?$", part.strip())
+        if not match:
+            raise ClusterError(f"SLURM_STEP_TASKS_PER_NODE must look like '2(x3),1'; found {text!r}")
+        counts.extend([int(match.group(1))] * int(match.group(2) or 1))
+    return counts
+
+
+def place_tasks(hosts, num_ps, base_port, where):
+    """The roles of a job whose rank r runs on ``hosts[r]``: (roles by rank, cluster spec).
+
+    Rank 0 is the chief. The ps tasks take the last rank of the last node, of
+    the node before it, and so on (round robin while more ps are wanted), so
+    they spread over the nodes and stay off the chief's node as long as others
+    exist; the remaining ranks are workers in rank order. A task's port is
+    ``base_port`` plus its index among the ranks on its host.
+    """
+    jobs = _split_ps_workers(len(hosts), num_ps, where)
+    nodes = list(dict.fromkeys(hosts))
+    spare = {node: [r for r, host in enumerate(hosts) if host == node and r != 0] for node in nodes}
+    ps_ranks = []
+    while len(ps_ranks) < jobs.get("ps", 0):
+        for node in reversed(nodes):
+            if spare[node] and len(ps_ranks) < jobs["ps"]:
+                ps_ranks.append(spare[node].pop())
+    ps_ranks.sort()
+    addresses = [f"{host}:{base_port + hosts[:rank].count(host)}" for rank, host in enumerate(hosts)]
+    worker_ranks = [rank for rank in range(len(hosts)) if rank not in ps_ranks]
+    spec = {"chief": [addresses[0]], "worker": [addresses[r] for r in worker_ranks[1:]],
+            "ps": [addresses[r] for r in ps_ranks]}
+    roles = [("ps", ps_ranks.index(r)) if r in ps_ranks else
+             ("chief", 0) if r == 0 else ("worker", worker_ranks.index(r) - 1) for r in range(len(hosts))]
+    return roles, {job: addresses for job, addresses in spec.items() if addresses}
+
+
+def _scheduler_role(hosts, rank, num_ps, environ, job_id_variable, source, where):
+    """This rank's ClusterRole in a scheduler's job whose rank r runs on ``hosts[r]``."""
+    base = _port_base(environ.get(job_id_variable), job_id_variable, environ)
+    crowded = max(set(hosts), key=hosts.count)
+    if hosts.count(crowded) > _PORTS_PER_JOB and not environ.get(_PORT_BASE_VARIABLE, "").strip():
+        raise ClusterError(
+            f"{where} runs {hosts.count(crowded)} tasks on {crowded}, but the job-id port scheme leaves "
+            f"{_PORTS_PER_JOB} ports per job and node; set {_PORT_BASE_VARIABLE} to the first of a free range")
+    roles, spec = place_tasks(hosts, num_ps, base, where)
+    task_type, task_id = roles[rank]
+    return ClusterRole(task_type, task_id, spec, source)
+
+
+def _from_slurm(environ, num_ps):
     missing = [name for name in _SLURM_VARIABLES if not environ.get(name)]
     if missing:
         raise ClusterError(
@@ -248,19 +370,20 @@ def _from_slurm(environ, num_ps):
             "'srun' inside an allocation, or choose another --cluster source")
     num_tasks = _int_variable(environ, "SLURM_STEP_NUM_TASKS")
     rank = _int_variable(environ, "SLURM_PROCID")
-    if num_tasks == 1:
-        return ClusterRole("chief", 0, {}, "slurm")
-    jobs = _split_ps_workers(num_tasks, num_ps, f"the Slurm step ({environ['SLURM_STEP_NODELIST']})")
-    try:
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            jobs=jobs, port_base=_port_base(environ["SLURM_JOB_ID"], "SLURM_JOB_ID"),
-            gpus_per_node=num_tasks, gpus_per_task=1, auto_set_gpu=False)
-        spec = resolver.cluster_spec().as_dict()
-    except (RuntimeError, ValueError) as error:
-        raise ClusterError(f"cannot lay out the Slurm step: {error}") from None
+    nodes = expand_hostlist(environ["SLURM_STEP_NODELIST"])
+    per_node = expand_tasks_per_node(environ["SLURM_STEP_TASKS_PER_NODE"])
+    if len(nodes) != len(per_node) or sum(per_node) != num_tasks:
+        raise ClusterError(
+            f"cannot lay out the Slurm step: SLURM_STEP_NODELIST names {len(nodes)} node(s) and "
+            f"SLURM_STEP_TASKS_PER_NODE={environ['SLURM_STEP_TASKS_PER_NODE']!r} {len(per_node)} with "
+            f"{sum(per_node)} task(s), but SLURM_STEP_NUM_TASKS={num_tasks}")
     if rank >= num_tasks:
         raise ClusterError(f"SLURM_PROCID={rank} but the step has only {num_tasks} task(s)")
-    return _role(spec, resolver.task_type, resolver.task_id, "slurm")
+    hosts = [node for node, count in zip(nodes, per_node) for _ in range(count)]
+    where = f"the Slurm step ({environ['SLURM_STEP_NODELIST']})"
+    if num_tasks == 1:
+        return ClusterRole("chief", 0, {}, "slurm")
+    return _scheduler_role(hosts, rank, num_ps, environ, "SLURM_JOB_ID", "slurm", where)
 
 
 def _first_variable(environ, names):
@@ -291,15 +414,55 @@ def _from_pbs(environ, num_ps):
             f"{num_tasks} task(s) and {rank_variable}={rank}; expected rank < tasks <= slots")
     if num_tasks == 1:
         return ClusterRole("chief", 0, {}, "pbs")
-    base = _port_base(environ.get("PBS_JOBID"), "PBS_JOBID")
-    addresses = []
-    for host in slots[:num_tasks]:
-        earlier = sum(1 for a in addresses if a.rsplit(":", 1)[0] == host)
-        addresses.append(f"{host}:{base + earlier}")
-    jobs = _split_ps_workers(num_tasks, num_ps, f"the PBS job ({node_file})")
-    spec = {"ps": addresses[:jobs.get("ps", 0)], "worker": addresses[jobs.get("ps", 0):]}
-    task_type, task_id = ("ps", rank) if rank < jobs.get("ps", 0) else ("worker", rank - jobs.get("ps", 0))
-    return _role(spec, task_type, task_id, "pbs")
+    return _scheduler_role(slots[:num_tasks], rank, num_ps, environ, "PBS_JOBID", "pbs",
+                           f"the PBS job ({node_file})")
+
+
+def _gpus_of_this_node(environ):
+    """The node's GPU ids this task was given, and where they came from; ([], None) when none are known."""
+    listed = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if listed:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()], f"CUDA_VISIBLE_DEVICES={listed}"
+    count = environ.get(_GPUS_PER_NODE_VARIABLE, "").strip()
+    if not count:
+        return [], None
+    if not count.isdigit():
+        raise ClusterError(f"{_GPUS_PER_NODE_VARIABLE} must be a number of GPUs per node; found {count!r}")
+    return [str(index) for index in range(int(count))], f"{_GPUS_PER_NODE_VARIABLE}={count}"
+
+
+def visible_devices(role, environ):
+    """The CUDA_VISIBLE_DEVICES this task should run with, or None to leave it as it is.
+
+    One GPU per training task, none for the ps tasks and the evaluator: the
+    i-th training task (chief or worker, in cluster order) on a host keeps the
+    i-th of the node's GPUs. Raises ClusterError when a node runs more training
+    tasks than it has GPUs.
+    """
+    if not role.is_distributed:
+        return None
+    if role.task_type in ("ps", "evaluator"):
+        return ""
+    gpus, source = _gpus_of_this_node(environ)
+    if not gpus:
+        return None
+    host = role.address.rsplit(":", 1)[0]
+    training = role.cluster_spec.get("chief", []) + role.cluster_spec.get("worker", [])
+    on_host = [address for address in training if address.rsplit(":", 1)[0] == host]
+    index = on_host.index(role.address)
+    if index >= len(gpus):
+        raise ClusterError(
+            f"{host} runs {len(on_host)} training tasks but this task sees {len(gpus)} GPU(s) ({source}); "
+            f"run at most {len(gpus)} chief/worker task(s) per node, or request more GPUs per node")
+    return gpus[index]
+
+
+def describe_placement(role, environ):
+    """One line naming this task, its scheduler rank, its node and the GPUs it sees."""
+    rank = next((environ[name] for name in _SCHEDULER_RANK_VARIABLES if environ.get(name, "").isdigit()), "-")
+    devices = environ.get("CUDA_VISIBLE_DEVICES")
+    seen = "CUDA_VISIBLE_DEVICES unset" if devices is None else f"CUDA_VISIBLE_DEVICES='{devices}'"
+    return f"task {role.task_type}:{role.task_id} (rank {rank}) on {socket.gethostname()}, {seen}"
 
 
 def _auto_source(environ, job_name, ps_hosts, worker_hosts):

@@ -372,9 +372,22 @@ def _run_chief_or_worker(job, strategy=None):
         _ps_lifecycle.notify_chief_done(job.role, status)
 
 
+def _give_devices(role):
+    """Narrows CUDA_VISIBLE_DEVICES to this task's GPU (none for ps/evaluator) and logs where it runs.
+
+    TensorFlow reads the variable when it first lists devices, which nothing
+    has done yet at this point (imports do not).
+    """
+    devices = cluster.visible_devices(role, os.environ)
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    logging.info("%s", cluster.describe_placement(role, os.environ))
+
+
 def run_task(values):
     """Runs this task from flag values grouped as {"model", "data", "train", "ckpt", "cluster"}."""
     role = _resolve_role(values["cluster"], values["train"]["distribution"])
+    _give_devices(role)
     if role.task_type == "ps":
         return _ps_lifecycle.serve_parameter_server(role)
     strategy = _collective_strategy(role) if _uses_collective_strategy(values, role) else None

@@ -1,5 +1,6 @@
 """Role resolution: every source, and the errors a user gets for bad input."""
 import json
+import socket
 
 import pytest
 
@@ -104,14 +105,81 @@ def _slurm(env, rank, tasks="4", nodelist="nid[001-002]", per_node="2(x2)", job_
     env.setenv("SLURM_STEP_TASKS_PER_NODE", per_node)
 
 
-@pytest.mark.parametrize("rank, expected", [(0, ("ps", 0)), (1, ("chief", 0)), (3, ("worker", 1))])
-def test_slurm_mixes_ps_and_workers_on_nodes(clean_cluster_env, rank, expected):
+@pytest.mark.parametrize("rank, expected", [(0, ("chief", 0)), (1, ("worker", 0)), (2, ("worker", 1)),
+                                            (3, ("ps", 0))])
+def test_slurm_puts_the_chief_first_and_the_ps_on_the_last_node(clean_cluster_env, rank, expected):
     _slurm(clean_cluster_env, rank)
     role = cluster.resolve()
     base = 20000 + 16 * (4242 % 2000)
     assert (role.task_type, role.task_id, role.source) == (*expected, "slurm")
-    assert role.cluster_spec == {"ps": [f"nid001:{base}"], "chief": [f"nid001:{base + 1}"],
-                                 "worker": [f"nid002:{base}", f"nid002:{base + 1}"]}
+    assert role.cluster_spec == {"chief": [f"nid001:{base}"], "worker": [f"nid001:{base + 1}", f"nid002:{base}"],
+                                 "ps": [f"nid002:{base + 1}"]}
+
+
+@pytest.mark.parametrize("hosts, num_ps, ps_hosts", [
+    (["a", "a", "b", "b", "c", "c"], 2, ["b", "c"]),         # One per node, from the last node back.
+    (["a", "a", "b", "b", "c", "c"], 4, ["a", "b", "c", "c"]),  # Round robin, the chief's rank excluded.
+    (["a", "b", "c"], 1, ["c"]),
+    (["a", "a", "a"], 2, ["a", "a"]),                       # One node: the last ranks.
+])
+def test_ps_spread_over_the_nodes_away_from_the_chief(hosts, num_ps, ps_hosts):
+    roles, spec = cluster.place_tasks(hosts, num_ps, 30000, "test")
+    assert roles[0] == ("chief", 0)
+    assert [address.split(":")[0] for address in spec["ps"]] == ps_hosts
+    assert sorted(roles).count(("chief", 0)) == 1 and len(spec.get("worker", [])) == len(hosts) - num_ps - 1
+    ports = [address for job in spec.values() for address in job]
+    assert len(set(ports)) == len(hosts)  # Every task its own host:port.
+
+
+def test_slurm_hosts_keep_slurms_numeric_order(clean_cluster_env):
+    # TF's resolver sorts names as text (node10 before node9) and gives ranks the wrong addresses.
+    _slurm(clean_cluster_env, 0, tasks="3", nodelist="node[9-10],login1", per_node="1(x3)")
+    assert cluster.resolve(num_ps=1).cluster_spec["chief"][0].startswith("node9:")
+    assert cluster.expand_hostlist("node[9-10],login1") == ["node9", "node10", "login1"]
+    assert cluster.expand_hostlist("r[1-2]-n[01,03]") == ["r1-n01", "r1-n03", "r2-n01", "r2-n03"]
+    assert cluster.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+
+
+def test_port_base_override_and_the_limit_of_the_job_id_scheme(clean_cluster_env):
+    _slurm(clean_cluster_env, 0)
+    clean_cluster_env.setenv("BWTF_PORT_BASE", "31000")
+    assert cluster.resolve().cluster_spec["chief"] == ["nid001:31000"]
+    clean_cluster_env.delenv("BWTF_PORT_BASE")
+    _slurm(clean_cluster_env, 0, tasks="17", nodelist="nid001", per_node="17")
+    with pytest.raises(cluster.ClusterError, match="runs 17 tasks on nid001.*set BWTF_PORT_BASE"):
+        cluster.resolve()
+    clean_cluster_env.setenv("BWTF_PORT_BASE", "31000")
+    assert len(cluster.resolve().cluster_spec["worker"]) == 15
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"CUDA_VISIBLE_DEVICES": "4,5"}, {"chief:0": "4", "worker:0": "5", "worker:1": "4", "ps:0": ""}),
+    ({"BWTF_GPUS_PER_NODE": "2"}, {"chief:0": "0", "worker:0": "1", "worker:1": "0", "ps:0": ""}),
+    ({}, {"chief:0": None, "worker:0": None, "worker:1": None, "ps:0": ""}),
+])
+def test_one_gpu_per_training_task_of_a_node_and_none_for_the_ps(clean_cluster_env, environ, expected):
+    given = {}
+    for rank in range(4):  # nid001: chief, worker:0; nid002: worker:1, ps:0.
+        _slurm(clean_cluster_env, rank)
+        role = cluster.resolve()
+        given[f"{role.task_type}:{role.task_id}"] = cluster.visible_devices(role, environ)
+    assert given == expected
+
+
+def test_more_training_tasks_than_gpus_on_a_node_is_refused(clean_cluster_env):
+    _slurm(clean_cluster_env, 1)
+    role = cluster.resolve()
+    with pytest.raises(cluster.ClusterError, match="nid001 runs 2 training tasks but this task sees 1 GPU"):
+        cluster.visible_devices(role, {"CUDA_VISIBLE_DEVICES": "0"})
+
+
+def test_the_evaluator_gets_no_gpu_and_every_task_names_its_node(clean_cluster_env):
+    clean_cluster_env.setenv("TF_CONFIG", json.dumps(
+        {"cluster": {"chief": ["localhost:1"], "ps": ["localhost:2"]}, "task": {"type": "evaluator", "index": 0}}))
+    role = cluster.resolve()
+    assert cluster.visible_devices(role, {"CUDA_VISIBLE_DEVICES": "0,1"}) == ""
+    line = cluster.describe_placement(role, {"SLURM_PROCID": "0", "CUDA_VISIBLE_DEVICES": ""})
+    assert line == f"task evaluator:0 (rank 0) on {socket.gethostname()}, CUDA_VISIBLE_DEVICES=''"
 
 
 def test_two_slurm_jobs_on_one_node_get_different_ports(clean_cluster_env):
@@ -139,6 +207,9 @@ def test_single_slurm_task_trains_locally(clean_cluster_env):
     (lambda env: _slurm(env, 0, tasks="two"), {}, "SLURM_STEP_NUM_TASKS must be a non-negative integer"),
     (lambda env: _slurm(env, 0, job_id="abc"), {}, "SLURM_JOB_ID must start with the numeric job id"),
     (lambda env: _slurm(env, 0, per_node="3(x2)"), {}, "cannot lay out the Slurm step"),
+    (lambda env: _slurm(env, 0, nodelist="nid[001-002"), {}, "SLURM_STEP_NODELIST has unbalanced brackets"),
+    (lambda env: _slurm(env, 0, per_node="2x2"), {}, "SLURM_STEP_TASKS_PER_NODE must look like"),
+    (lambda env: (_slurm(env, 0), env.setenv("BWTF_PORT_BASE", "80")), {}, "BWTF_PORT_BASE must be a port in"),
 ])
 def test_bad_slurm_environment(clean_cluster_env, setup, kwargs, message):
     setup(clean_cluster_env)
@@ -161,8 +232,8 @@ def test_pbs_rank_from_each_launcher(clean_cluster_env, tmp_path, rank_variable)
     _pbs(clean_cluster_env, tmp_path, ["n1", "n1", "n2"], rank_variable=rank_variable, rank=2)
     role = cluster.resolve()
     base = 20000 + 16 * 777
-    assert (role.task_type, role.task_id, role.source) == ("worker", 0, "pbs")
-    assert role.cluster_spec == {"ps": [f"n1:{base}"], "chief": [f"n1:{base + 1}"], "worker": [f"n2:{base}"]}
+    assert (role.task_type, role.task_id, role.source) == ("ps", 0, "pbs")
+    assert role.cluster_spec == {"chief": [f"n1:{base}"], "worker": [f"n1:{base + 1}"], "ps": [f"n2:{base}"]}
 
 
 @pytest.mark.parametrize("lines, kwargs, message", [

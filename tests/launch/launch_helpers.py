@@ -9,6 +9,7 @@ another folder's conftest.)
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,3 +108,16 @@ def wait_for_job_state(job_id, env, wanted, timeout_secs, on_pending=None):
             on_pending()
         time.sleep(1)
     raise AssertionError(f"job {job_id} still {state} after {timeout_secs}s, expected one of {wanted}")
+
+
+def install_mpiexec_reason():
+    """None once mpiexec exists (installing Debian's openmpi-bin if needed), else why not."""
+    if shutil.which("mpiexec"):
+        return None
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "mpiexec is not installed and this user cannot apt-get install openmpi-bin"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "openmpi-bin"]):
+        if subprocess.run(command, env=env, capture_output=True, timeout=600).returncode != 0:
+            return f"'{' '.join(command)}' failed; install an MPI (openmpi-bin or mpich) to run this test"
+    return None

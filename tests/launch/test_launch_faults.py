@@ -5,6 +5,7 @@ worker, kills or signals one part mid-training, and checks what a user would
 see: every process ended with the right status, the run resumed from the
 newest intact checkpoint, and how many steps were lost.
 """
+import os
 import re
 import signal
 import subprocess
@@ -35,7 +36,7 @@ def _chief_steps(output):
 
 
 def _wait_for_chief_step(run, at_least, timeout_secs):
-    run.wait_for_line("progress.py", timeout_secs)
+    run.wait_for_line("progress.py:", timeout_secs)
     pattern = re.compile(r"^\[chief\] .*\] step (\d+)/", re.M)
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
@@ -159,3 +160,87 @@ def test_collective_worker_is_ended_promptly_when_the_chief_dies(start_launch, l
     assert statuses["worker:0"] == "70" and "worker:0 exits with 70" in output \
         or "a collective worker cannot go on without the chief" in output, output[-3000:]
     assert wait_until_gone(launch_mark, 5) == []
+
+
+@pytest.mark.timeout(200)
+def test_ctrl_c_saves_at_the_current_step_and_exits_75_without_a_traceback(
+        start_launch, launch_mark, digits_data_dir, tmp_path):
+    run = start_launch(["--num_ps=1", "--num_workers=2", "--evaluator", "--"]
+                       + _train_flags(digits_data_dir, tmp_path / "model", 5000))
+    _wait_for_chief_step(run, 100, 150)
+    # A terminal's Ctrl-C reaches the launcher's foreground process group.
+    os.killpg(run.process.pid, signal.SIGINT)
+    assert run.wait(120) == 75, run.output()[-3000:]
+    output = run.output()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert re.search(r"^\[chief\] .*Stopping at step \d+ after a final save: SIGTERM", output, re.M)
+    saved = int(re.findall(r"^\[chief\] .*Saved checkpoint \S*/ckpt-(\d+)/", output, re.M)[-1])
+    assert saved >= _chief_steps(output)[-1]  # Nothing trained after the final save is lost.
+    statuses = _statuses(output)
+    assert set(statuses) == {"chief", "worker:0", "ps:0", "evaluator"}  # One line per task.
+    assert statuses["chief"] == "75" and statuses["ps:0"] == "0"
+    assert f"OK      {tmp_path / 'model'}/ckpt-{saved}" in _verify(tmp_path / "model").stdout
+    assert wait_until_gone(launch_mark, 5) == []
+
+
+@pytest.mark.timeout(200)
+def test_ctrl_c_on_a_single_bwtf_train_saves_and_exits_75(digits_data_dir, tmp_path):
+    log = tmp_path / "train.log"
+    with open(log, "wb") as out:
+        train = subprocess.Popen([sys.executable, "-m", "bwtf.estimator.train", "--distribution=none"]
+                                 + _train_flags(digits_data_dir, tmp_path / "model", 5000),
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 150
+            while not re.search(r"\] step (1\d\d|[2-9]\d\d)/", log.read_text(errors="replace")):
+                assert time.monotonic() < deadline and train.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.2)
+            os.killpg(train.pid, signal.SIGINT)
+            assert train.wait(120) == 75, log.read_text()[-3000:]
+        finally:
+            if train.poll() is None:
+                train.kill()
+    output = log.read_text(errors="replace")
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert re.search(r"Stopping at step \d+ after a final save: SIGTERM", output)
+
+
+@pytest.mark.timeout(200)
+def test_a_second_sigterm_ends_the_launcher_and_every_task_at_once(
+        start_launch, launch_mark, digits_data_dir, tmp_path):
+    run = start_launch(["--num_ps=1", "--num_workers=2", "--evaluator", "--"]
+                       + _train_flags(digits_data_dir, tmp_path / "model", 5000))
+    _wait_for_chief_step(run, 50, 150)
+    run.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    run.process.send_signal(signal.SIGTERM)
+    status = run.wait(60)  # Used to hang forever here.
+    output = run.output()
+    assert "second SIGTERM: killing every task now" in output
+    assert status != 0
+    assert set(_statuses(output)) == {"chief", "worker:0", "ps:0", "evaluator"}
+    assert wait_until_gone(launch_mark, 5) == []
+    assert _verify(tmp_path / "model").returncode in (0, 1)  # Whatever was committed still verifies.
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("bad_flag, message", [
+    ("--data_dir=/nonexistent/tfds", "/nonexistent/tfds"),
+    ("--model_dir=", "--model_dir"),
+], ids=["bad_data_dir", "no_model_dir"])
+def test_a_chief_failing_at_startup_ends_every_task_within_seconds(
+        bad_flag, message, start_launch, launch_mark, digits_data_dir, tmp_path):
+    flags = _train_flags(digits_data_dir, tmp_path / "model", 300) + [bad_flag]
+    started = time.monotonic()
+    run = start_launch(["--num_ps=1", "--num_workers=2", "--evaluator", "--"] + flags)
+    # Bounded well below the 300 s shutdown grace the ps used to be given.
+    assert run.wait(120) == 2, run.output()[-3000:]
+    elapsed = time.monotonic() - started
+    output = run.output()
+    assert message in output
+    assert "Traceback" not in output, output[-3000:]
+    for task in ("worker:0", "ps:0", "evaluator"):
+        assert re.search(rf"^\[launch\] {re.escape(task)} (exited with status 2|stopped: the chief failed "
+                         r"with status 2)", output, re.M), output[-3000:]
+    assert wait_until_gone(launch_mark, 5) == []
+    print(f"bwtf-launch ended {elapsed:.0f}s after the start with a chief that failed at startup")

@@ -42,8 +42,11 @@ def test_launch_exits_with_the_chief_status_and_stops_the_others(start_launch, l
     run = start_launch(STANDIN + ["--num_ps=1", "--num_workers=2", "--evaluator", "--",
                                   "--steps=3", "--fail_with=3"])
     assert run.wait(80) == 3, run.output()
-    statuses = _statuses(run.output())
-    assert statuses["chief"] == "3" and statuses["ps:0"] == "0"
+    output = run.output()
+    assert _statuses(output)["chief"] == "3"
+    for task in ("worker:0", "ps:0", "evaluator"):  # One line each: ended by itself, or stopped.
+        assert re.search(rf"^\[launch\] {task} (exited with status \d+|stopped: the chief failed with status 3)$",
+                         output, re.M), output
     assert wait_until_gone(launch_mark, 5) == []
 
 
@@ -55,7 +58,7 @@ def test_sigterm_reaches_the_chief_which_exits_for_requeue(start_launch, launch_
     run.process.send_signal(signal.SIGTERM)
     assert run.wait(60) == 75, run.output()
     output = run.output()
-    assert "SIGTERM received: forwarding it" in output
+    assert "SIGTERM received: asking the chief, workers and evaluator to save and stop" in output
     assert "chief:0 stopping at step" in output
     assert _statuses(output)["ps:0"] == "0"  # Kept up for the final save, then released.
     assert wait_until_gone(launch_mark, 5) == []
@@ -75,16 +78,47 @@ def test_a_sigkilled_launcher_leaves_no_task_behind(start_launch, launch_mark):
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_ps_exits_with_an_error_once_the_chief_has_vanished(start_launch, launch_mark):
-    run = start_launch(STANDIN + ["--num_ps=1", "--num_workers=2", "--", "--steps=400", "--step_secs=0.1"])
+def test_a_chief_killed_from_outside_makes_the_launcher_stop_every_task_at_once(start_launch, launch_mark):
+    run = start_launch(STANDIN + ["--num_ps=1", "--num_workers=2", "--evaluator", "--",
+                                  "--steps=400", "--step_secs=0.1"])
     run.wait_for_line(" is up", 60)  # The ps has seen the chief's port open.
     chief_pid = int(re.search(r"started chief \(pid (\d+)\)", run.output()).group(1))
     subprocess.run(["kill", "-KILL", str(chief_pid)], check=True)
-    assert run.wait(60) == 128 + signal.SIGKILL
+    assert run.wait(30) == 128 + signal.SIGKILL
     output = run.output()
-    assert _statuses(output)["ps:0"] == "70"
-    assert _statuses(output)["worker:0"] == "75"  # The launcher stopped it: no chief, no training.
-    assert "stopped accepting connections" in output
+    for task in ("worker:0", "ps:0", "evaluator"):
+        assert f"[launch] {task} stopped: the chief failed with status 137" in output, output[-2000:]
+    assert wait_until_gone(launch_mark, 5) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ps_exits_with_an_error_once_the_chief_has_vanished(launch_env, launch_mark):
+    # Without a launcher that sees the chief end (tasks on other nodes), the ps finds out itself.
+    ports = [socket.create_server(("localhost", 0)) for _ in range(2)]
+    cluster = {"chief": [f"localhost:{ports[0].getsockname()[1]}"],
+               "ps": [f"localhost:{ports[1].getsockname()[1]}"]}
+    for sock in ports:
+        sock.close()
+    tasks = {}
+    for task_type in ("ps", "chief"):
+        env = dict(launch_env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": task_type, "index": 0}}))
+        tasks[task_type] = subprocess.Popen([sys.executable, "-m", "standin_task", "--steps=400", "--step_secs=0.1"],
+                                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ps_output = []
+        for line in tasks["ps"].stdout:
+            ps_output.append(line)
+            if " is up" in line:
+                break
+        tasks["chief"].kill()
+        assert tasks["ps"].wait(60) == 70
+        ps_output.extend(tasks["ps"].stdout)
+        assert "stopped accepting connections" in "".join(ps_output)
+    finally:
+        for process in tasks.values():
+            process.kill()
+            process.wait()
     assert wait_until_gone(launch_mark, 5) == []
 
 

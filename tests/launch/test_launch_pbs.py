@@ -8,28 +8,14 @@ qrerun or a resubmission starts) resumes from that step and completes.
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from launch_helpers import REPO_ROOT
+from launch_helpers import REPO_ROOT, install_mpiexec_reason
 
 _SCRIPT = REPO_ROOT / "scripts" / "train.pbs"
-
-
-def _install_mpiexec_reason():
-    """None once mpiexec exists (installing Debian's openmpi-bin if needed), else why not."""
-    if shutil.which("mpiexec"):
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "mpiexec is not installed and this user cannot apt-get install openmpi-bin"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "openmpi-bin"]):
-        if subprocess.run(command, env=env, capture_output=True, timeout=600).returncode != 0:
-            return f"'{' '.join(command)}' failed; install an MPI (openmpi-bin or mpich) to run this test"
-    return None
 
 
 def _pbs_env(work_dir, ranks, walltime_secs):
@@ -59,7 +45,7 @@ def _chief_log(run_dir):
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_pbs_job_stops_before_its_walltime_and_the_rerun_completes(digits_data_dir, tmp_path):
-    reason = _install_mpiexec_reason()
+    reason = install_mpiexec_reason()
     if reason:
         pytest.skip(reason)
     def job_flags(name, train_steps):
@@ -103,6 +89,28 @@ def test_pbs_job_stops_before_its_walltime_and_the_rerun_completes(digits_data_d
     verified = subprocess.run([sys.executable, "-m", "bwtf.ckpt", "verify", str(tmp_path / "model")],
                               capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_pbs_job_whose_chief_fails_at_startup_ends_every_rank_within_seconds(digits_data_dir, tmp_path):
+    reason = install_mpiexec_reason()
+    if reason:
+        pytest.skip(reason)
+    flags = ["--model=small_cnn", "--data_dir=/nonexistent/tfds", "--dataset=imagenet_archive/present",
+             f"--model_dir={tmp_path / 'model'}", "--train_steps=100", "--num_ps=1"]
+    # Bounded far below the 900 s a ps used to wait for a chief that never came.
+    result = _run_script(_pbs_env(tmp_path, 4, 3600), flags, 200)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "training ended with status 2" in result.stdout
+    run_dir = tmp_path / "bwtf-logs-4242" / "r0"
+    statuses = {p.name: p.read_text().strip() for p in (run_dir / "status").glob("task-*.status")}
+    # Ranks 0-2 train on one node: the chief, a worker, and the ps on the last rank.
+    assert statuses["task-0.status"] == "2" and statuses["task-2.status"] == "70", statuses
+    assert statuses["task-1.status"] in ("2", "70"), statuses
+    assert "the chief (rank 0) failed with status 2; stopping this task" in (run_dir / "train-2.log").read_text()
+    left = subprocess.run(["pgrep", "-af", "/nonexistent/tfds"], capture_output=True, text=True)
+    assert left.returncode == 1, f"processes of the job are still running:\n{left.stdout}"
 
 
 @pytest.mark.parametrize("change, message", [

@@ -5,9 +5,10 @@ checkpoint, a malformed scheduler variable) is a CheckpointError, which the
 CLI and the training program turn into a one-line message. Bugs stay ordinary
 exceptions with tracebacks.
 """
+import bwtf
 
 
-class CheckpointError(Exception):
+class CheckpointError(bwtf.UserError):
     """A checkpoint problem the user can act on; the message says how."""
 
 
@@ -17,3 +18,7 @@ class WalltimeEnvError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint directory exists but is not intact (the message names why)."""
+
+
+class PolicyError(CheckpointError, ValueError):
+    """A CheckpointPolicy with impossible values (the message lists them)."""

@@ -43,6 +43,7 @@ import time
 import tensorflow as tf
 from tensorflow.python.training.saving import saveable_object_util
 
+import bwtf
 from bwtf.ckpt import _failpoints
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
@@ -259,7 +260,7 @@ class GatheredSaver:
                         "intact one instead.", save_path, failure)
             save_path = _fallback(save_path, failure)
             self._restore_groups(sess, save_path)
-        log.info("Restored %s (group by group on the chief).", save_path)
+        log.info("Restored %s (group by group on the chief).", save_path, extra=bwtf.FILE_ONLY)
 
     def _restore_groups(self, sess, save_path):
         local_prefix, cleanup = _localize(save_path)

@@ -8,12 +8,12 @@ fsspec and gcsfs already do.
 """
 import mmap
 import os
-import uuid
 import zlib
 
 import fsspec
 from fsspec.implementations import local as fsspec_local
 
+import bwtf
 from bwtf.ckpt import errors
 
 try:
@@ -167,17 +167,7 @@ class Storage:
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            if on_partial is not None:
-                on_partial()
-            f.write(data[len(data) // 2:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_path(os.path.dirname(path) or ".")
+        bwtf.write_atomically(path, data, on_partial=on_partial)
 
     def upload(self, local_path, path):
         self.fs.put_file(local_path, path)

@@ -32,13 +32,15 @@ from typing import Tuple
 
 import tensorflow as tf
 
+import bwtf
+
 _AUTOTUNE = tf.data.AUTOTUNE
 _EVAL_CENTRAL_FRACTION = 0.875
 _ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 _REQUIRED_FEATURES = ("image", "label")
 
 
-class DatasetError(ValueError):
+class DatasetError(bwtf.UserError, ValueError):
     """The dataset cannot be read as an image-classification dataset."""
 
 

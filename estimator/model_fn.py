@@ -38,6 +38,7 @@ import contextlib
 
 import tensorflow as tf
 
+import bwtf
 from bwtf import ckpt
 from bwtf.estimator import models
 from bwtf.estimator.cluster import worker_stop as _worker_stop
@@ -52,7 +53,7 @@ _CHANNEL_MEANS = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 _CHANNEL_STDDEVS = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(bwtf.UserError, ValueError):
     """The checkpoint was written by a different model or class count."""
 
 

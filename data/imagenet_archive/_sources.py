@@ -10,6 +10,7 @@ import io
 import os
 import re
 
+import bwtf
 from bwtf.data import annotations
 from bwtf.data import archive
 
@@ -24,7 +25,7 @@ _TFDS_VALIDATION_COUNT = 50000
 _VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})$")
 
 
-class ManualDirError(ValueError):
+class ManualDirError(bwtf.UserError, ValueError):
     """manual_dir lacks what the builder needs, or holds a side file it cannot use."""
 
 

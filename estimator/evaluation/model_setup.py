@@ -12,9 +12,7 @@ import dataclasses
 
 from absl import flags
 
-from bwtf import ckpt
-from bwtf.estimator import _flags, config, inputs, model_fn, models
-from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
+from bwtf.estimator import _flags, config, inputs
 from bwtf.estimator.serving import labels as _export_labels
 
 # bwtf-train's class count for synthetic data when --num_classes is 0.
@@ -71,14 +69,3 @@ def define_checkpoint_flag(flag_values):
     return flags.DEFINE_string(
         "checkpoint", "latest", "'latest' (newest intact checkpoint of --model_dir), a "
         "ckpt-<N> directory, or a TF checkpoint prefix.", flag_values=flag_values)
-
-
-def user_errors():
-    """The exception types that mean bad input to a command that rebuilds a trained model.
-
-    The commands print them as one line and exit 2; anything else is a bug and
-    keeps its traceback.
-    """
-    return (config.ConfigError, inputs.DatasetError, models.UnknownModelError,
-            model_fn.CheckpointMismatchError, ckpt.CheckpointError,
-            _eval_checkpoints.NoCheckpointError)

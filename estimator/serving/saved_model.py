@@ -31,6 +31,7 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
+import bwtf
 from bwtf.estimator import config, inputs, model_fn
 from bwtf.estimator.serving import signature as serving_signature
 
@@ -38,7 +39,7 @@ METADATA_FILE = os.path.join("assets.extra", "bwtf_export.json")
 SIGNATURE_KEY = "serving_default"
 
 
-class ExportError(ValueError):
+class ExportError(bwtf.UserError, ValueError):
     """The export cannot be written as asked; the message says what to change."""
 
 

@@ -11,10 +11,37 @@ a plain message beats an AttributeError deep inside a training job. The check
 reads the version from the installed distribution's metadata instead of
 importing TensorFlow (seconds of start-up), so ``import bwtf`` stays cheap. It
 deliberately does not check CUDA or CPU features: TensorFlow reports those.
+
+The root package also holds the two primitives every part shares, so that no
+part imports a sibling for them (the program shell is ``bwtf.program``):
+
+* ``UserError`` and the exit codes. A ``UserError`` is a problem the user
+  caused or can fix (bad flags, a missing dataset, an unreachable cluster, a
+  corrupt checkpoint); its message says what was expected, what was found and
+  what to do. The program shell prints it as one line, ``<program>: error:
+  <message>``, and exits with its ``exit_code``; any other exception is a bug
+  and keeps its traceback. Every part derives its errors from it.
+
+      EXIT_OK              0   done
+      EXIT_FAILED          1   ran but missed its goal (an evaluator that timed out
+                               before the final checkpoint; a checkpoint that is not
+                               intact for ``bwtf-ckpt verify``)
+      EXIT_USAGE           2   bad input: one line names it, nothing was started
+      EXIT_CHIEF_VANISHED  70  (EX_SOFTWARE) a ps or worker whose chief vanished
+      EXIT_FENCED          73  (EX_CANTCREAT) a chief fenced off by a newer writer of
+                               the same model_dir: it must stop writing; do not requeue
+      EXIT_REQUEUE         75  (EX_TEMPFAIL) stopped by a signal or the walltime after
+                               a durable final save: requeue me
+
+* ``write_atomically(path, data)``: readers see the old file or the new one,
+  whole, and the new one survives a crash (fsync of the file, then of its
+  folder). Local paths only; ``bwtf.ckpt.storage`` does the same on object stores.
 """
 import importlib.metadata
 import importlib.util
+import os
 import pathlib
+import uuid
 
 SUPPORTED = "2.15"
 _INSTALL_HINT = (
@@ -88,20 +115,65 @@ require_supported_tensorflow()
 __version__ = "0.1.0"
 
 
-def show_program_flags_in_help(flag_values=None):
-    """Makes ``--help`` list the program's own flags, not an empty page.
+# Pass as ``extra=`` to a logging call whose line belongs in the log file only, not on the
+# console (bwtf.program's console filter drops it unless -v is given).
+FILE_ONLY = {"console": False}
 
-    absl's ``--help`` lists the key flags of the main module, which for a
-    console script is pip's wrapper (it defines none), and bwtf's programs
-    define theirs in shared modules. Each program's ``run()`` calls this
-    before ``app.run`` so that every bwtf flag counts as the main module's.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHIEF_VANISHED = 70
+EXIT_FENCED = 73
+EXIT_REQUEUE = 75
+
+
+class UserError(Exception):
+    """A problem the user can act on; the message says what was expected, found, and what to do.
+
+    Subclasses may set ``exit_code`` (default ``EXIT_USAGE``).
     """
-    import sys
 
-    from absl import flags
+    exit_code = EXIT_USAGE
 
-    flag_values = flags.FLAGS if flag_values is None else flag_values
-    for module, module_flags in flag_values.flags_by_module_dict().items():
-        if module.startswith("bwtf.") or module == sys.argv[0]:
-            for flag in module_flags:
-                flag_values.register_key_flag_for_module(sys.argv[0], flag)
+
+class FencedWriterError(UserError):
+    """A newer writer took over the model_dir; this one must stop writing (exit ``EXIT_FENCED``)."""
+
+    exit_code = EXIT_FENCED
+
+
+def _fsync_folder(folder):
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_atomically(path, data, on_partial=None):
+    """Replaces ``path`` with ``data`` (bytes or str) durably; the file keeps the user's umask.
+
+    The temporary sibling is created with mode 0666 minus the umask (not
+    ``mkstemp``'s 0600), so a group sharing the folder can read the result.
+    ``on_partial`` is called when half the data is written (crash tests use it).
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload[: len(payload) // 2])
+            stream.flush()
+            if on_partial is not None:
+                on_partial()
+            stream.write(payload[len(payload) // 2:])
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+    _fsync_folder(folder)
+    return path

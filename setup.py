@@ -46,6 +46,9 @@ _REQUIRED = [
     "scipy>=1.10,<2",
     # Hardware CRC32C for checkpoint manifests (bwtf.ckpt falls back to zlib's CRC32).
     "google-crc32c>=1.5.0",
+    # `tensorboard --logdir MODEL_DIR`: TensorBoard 2.15 imports pkg_resources, which
+    # setuptools 82 removed.
+    "setuptools>=68,<82",
 ]
 _EXTRAS = {
     "cpu": [f"tensorflow-cpu=={_TF_VERSION}"],

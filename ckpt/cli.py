@@ -8,17 +8,20 @@
   bwtf-ckpt prune   <model_dir> --keep_last=5 [--keep_every_hours=H] [--dry_run] [--json]
 
 None of these import TensorFlow: everything comes from the manifests, so the
-commands answer in well under a second even on a login node. A
-CheckpointError becomes a one-line message and exit status 2.
+commands answer in well under a second even on a login node.
+
+Exit codes:
+  0   done
+  1   verify: the newest checkpoint is not intact
+  2   bad input: no such model_dir, no intact checkpoint to inspect (one line)
 """
 import dataclasses
 import json
-import sys
 
-from absl import app
 from absl import flags
 
 import bwtf
+from bwtf import program
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
 from bwtf.ckpt import policy as policy_lib
@@ -33,9 +36,9 @@ _KEEP_EVERY_HOURS = flags.DEFINE_float(
     "keep_every_hours", None, "prune: also keep one checkpoint per this many hours.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "prune: only print what would go.")
 
-_USAGE = "usage: bwtf-ckpt {list,verify,inspect,prune} <path> [flags]; see --help"
-EXIT_NOT_INTACT = 1
-EXIT_USAGE = 2
+_USAGE = "bwtf-ckpt {list,verify,inspect,prune} PATH [flags]"
+EXIT_NOT_INTACT = bwtf.EXIT_FAILED
+EXIT_USAGE = bwtf.EXIT_USAGE
 
 
 def _emit(as_json, data, lines):
@@ -126,30 +129,26 @@ def cmd_prune(path, as_json, keep_last, keep_every_hours, dry_run):
 def dispatch(argv):
     """Runs one command; returns the exit status. argv excludes the program name."""
     if len(argv) != 2 or argv[0] not in ("list", "verify", "inspect", "prune"):
-        print(_USAGE, file=sys.stderr)
-        return EXIT_USAGE
+        raise bwtf.UserError(f"expected a command and a path, found {' '.join(argv) or 'nothing'}; "
+                             f"usage: {_USAGE}")
     command, path = argv
-    try:
-        if command == "list":
-            return cmd_list(path, _JSON.value, _FULL.value)
-        if command == "verify":
-            return cmd_verify(path, _JSON.value)
-        if command == "inspect":
-            return cmd_inspect(path, _JSON.value)
-        return cmd_prune(path, _JSON.value, _KEEP_LAST.value, _KEEP_EVERY_HOURS.value,
-                         _DRY_RUN.value)
-    except (errors.CheckpointError, ValueError) as e:
-        print(f"bwtf-ckpt {command}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if command == "list":
+        return cmd_list(path, _JSON.value, _FULL.value)
+    if command == "verify":
+        return cmd_verify(path, _JSON.value)
+    if command == "inspect":
+        return cmd_inspect(path, _JSON.value)
+    return cmd_prune(path, _JSON.value, _KEEP_LAST.value, _KEEP_EVERY_HOURS.value, _DRY_RUN.value)
 
 
-def main(argv):
-    sys.exit(dispatch(argv[1:]))
+PROGRAM = program.Program(
+    name="bwtf-ckpt", doc=__doc__, usage=_USAGE,
+    flag_groups=(("Output", [_JSON, _FULL]), ("prune", [_KEEP_LAST, _KEEP_EVERY_HOURS, _DRY_RUN])),
+    args=(0, None))
 
 
 def run():
-    bwtf.show_program_flags_in_help()
-    app.run(main)
+    program.run(dispatch, PROGRAM)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ checkpoint, a malformed scheduler variable) is a CheckpointError, which the
 CLI and the training program turn into a one-line message. Bugs stay ordinary
 exceptions with tracebacks.
 """
-from bwtf.ckpt import policy
+import bwtf
 
 
-class CheckpointError(Exception):
+class CheckpointError(bwtf.UserError):
     """A checkpoint problem the user can act on; the message says how."""
 
 
@@ -20,12 +20,14 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint directory exists but is not intact (the message names why)."""
 
 
-class FencedError(Exception):
+class FencedError(bwtf.FencedWriterError):
     """A newer writer took model_dir over; this one must stop writing.
 
     Not a CheckpointError (those are bad input, exit 2): the training program
-    exits with ``exit_code`` (policy.EXIT_FENCED), which batch scripts do not
+    exits with ``exit_code`` (``bwtf.EXIT_FENCED``), which batch scripts do not
     requeue.
     """
 
-    exit_code = policy.EXIT_FENCED
+
+class PolicyError(CheckpointError, ValueError):
+    """A CheckpointPolicy with impossible values (the message lists them)."""

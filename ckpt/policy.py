@@ -7,14 +7,17 @@ import dataclasses
 import signal
 from typing import Optional, Tuple
 
+import bwtf
+from bwtf.ckpt import errors
+
 # EX_TEMPFAIL from sysexits.h: "try again later". The training program exits
 # with it after a final save caused by a signal or the walltime, and the
 # launch scripts requeue the job when they see it.
-EXIT_REQUEUE = 75
+EXIT_REQUEUE = bwtf.EXIT_REQUEUE
 # EX_CANTCREAT: "cannot create output". A chief fenced off by a newer owner of
 # its model_dir (fence.py) exits with it after writing nothing more; it is
 # not requeued (the newer owner carries the job on).
-EXIT_FENCED = 73
+EXIT_FENCED = bwtf.EXIT_FENCED
 
 _MIB = 1024 * 1024
 
@@ -62,4 +65,4 @@ class CheckpointPolicy:
             problems.append(
                 f"walltime_margin_secs must be >= 0, got {self.walltime_margin_secs}")
         if problems:
-            raise ValueError("Invalid CheckpointPolicy: " + "; ".join(problems))
+            raise errors.PolicyError("Invalid CheckpointPolicy: " + "; ".join(problems))

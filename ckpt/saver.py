@@ -45,6 +45,7 @@ import time
 import tensorflow as tf
 from tensorflow.python.training.saving import saveable_object_util
 
+import bwtf
 from bwtf.ckpt import _failpoints
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
@@ -387,7 +388,7 @@ class GatheredSaver:
                             save_path, e, fallback)
                 save_path = fallback
         self.last_restored = (save_path, step)
-        log.info("Restored %s (group by group on the chief).", save_path)
+        log.info("Restored %s (group by group on the chief).", save_path, extra=bwtf.FILE_ONLY)
 
     def _restore_verified(self, sess, save_path):
         """Restores a bwtf checkpoint while its checksums are verified in a

@@ -23,6 +23,7 @@ import zlib
 import fsspec
 from fsspec.implementations import local as fsspec_local
 
+import bwtf
 from bwtf.ckpt import errors
 
 try:

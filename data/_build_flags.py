@@ -20,6 +20,10 @@ _VALIDATION_FRACTION = flags.DEFINE_float(
 _MAX_BAD = flags.DEFINE_float("max_bad_image_fraction", 0.001, "Fail when a larger share of images is damaged.")
 _CONFIG_NAME = flags.DEFINE_string("config_name", None, "Output config name (default: derived from the options).")
 
+# In the order --help shows them.
+HOLDERS = (_MANUAL_DIR, _DATA_DIR, _NUM_WORKERS, _BEAM_OPTIONS, _CLASS_SET, _CLASS_LIST, _IMAGES_PER_CLASS,
+           _FILE_LIST, _VALIDATION_FRACTION, _MAX_BAD, _CONFIG_NAME)
+
 
 def build_arguments():
     """The keyword arguments of build.build_dataset, from the parsed flags."""

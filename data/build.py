@@ -1,6 +1,6 @@
-"""`python -m bwtf.data.build`: builds `imagenet_archive` from manual_dir into a TFDS data_dir.
+"""Builds the TFDS dataset `imagenet_archive` from the ImageNet archives in manual_dir.
 
-    python -m bwtf.data.build --manual_dir=/lustre/imagenet --data_dir=/lustre/tfds \\
+    bwtf-build-data --manual_dir=/lustre/imagenet --data_dir=/lustre/tfds \\
         [--num_workers=8] [--class_set=present] [--images_per_class=100] [--flagfile=build.flags]
 
 With --num_workers above 1 on one node, that many local processes (at most
@@ -15,26 +15,30 @@ program ends with a one-screen summary: counts, bad images, throughput and the
 output path. The same build is available to Python code as
 ``build_dataset(manual_dir, data_dir, num_workers=..., **config_options)``.
 
+Exit codes:
+  0   done (the summary is printed)
+  2   bad flags or archives, or more damaged images than --max_bad_image_fraction (one line)
+
 Deliberately left out: choosing shard sizes or file formats (TFDS decides).
 """
 import contextlib
 import dataclasses
 import functools
+import io
 import os
 import signal
 import sys
 import time
 
-from absl import app
 from absl import flags
+from absl import logging as absl_logging
 import tensorflow_datasets as tfds
 
 import bwtf
+from bwtf import program
 from bwtf.data.imagenet_archive import imagenet_archive_dataset_builder as builder_lib
 
 DATASET = "imagenet_archive"
-USER_ERRORS = (builder_lib.ManualDirError, builder_lib.ConfigError, builder_lib.BadImagesError,
-               builder_lib.WorkerError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +109,13 @@ def beam_options(num_workers, pipeline_options=None):
     a runner in it, the DirectRunner with num_workers processes is used.
     """
     if num_workers < 1:
-        raise builder_lib.ConfigError(f"num_workers must be at least 1, found {num_workers}")
+        raise builder_lib.BuilderConfigError(f"num_workers must be at least 1, found {num_workers}")
     if not pipeline_options:
         return None
     try:
         from apache_beam.options import pipeline_options as beam_pipeline_options
     except ImportError:
-        raise builder_lib.ConfigError(
+        raise builder_lib.BuilderConfigError(
             "--beam_pipeline_options builds with Apache Beam, which is not installed; "
             "pip install 'bwtf[beam]' (apache-beam==2.60.0), or leave the option out to build on this node") from None
     args = [f"--{option.strip()}" for option in pipeline_options.split(",") if option.strip()]
@@ -125,7 +129,7 @@ def beam_options(num_workers, pipeline_options=None):
 
         beam_runner.create_runner(runner)  # Fails now, not after the archive has been planned.
     except ValueError as error:
-        raise builder_lib.ConfigError(f"--beam_pipeline_options: {error}") from None
+        raise builder_lib.BuilderConfigError(f"--beam_pipeline_options: {error}") from None
     return options
 
 
@@ -179,7 +183,7 @@ def _check_version_folder(dataset_dir):
     if os.path.isdir(dataset_dir) and not os.path.islink(dataset_dir) and not os.listdir(dataset_dir):
         os.rmdir(dataset_dir)
         return
-    raise builder_lib.ConfigError(
+    raise builder_lib.BuilderConfigError(
         f"{dataset_dir} exists but holds no dataset_info.json (a build that did not finish?); "
         "move it away or delete it, then build again")
 
@@ -201,7 +205,7 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
     builder = builder_lib.Builder(config=builder_lib.config_for_builder(config), data_dir=data_dir)
     dataset_dir = str(builder.data_dir)
     if not os.path.realpath(dataset_dir).startswith(os.path.realpath(data_dir) + os.sep):
-        raise builder_lib.ConfigError(f"the dataset folder {dataset_dir} would be outside data_dir {data_dir}")
+        raise builder_lib.BuilderConfigError(f"the dataset folder {dataset_dir} would be outside data_dir {data_dir}")
     builder.local_workers = num_workers if options is None else 1
     builder.given_plan = plan
     reused = os.path.isdir(dataset_dir)
@@ -220,28 +224,33 @@ def build_dataset(manual_dir, data_dir, *, num_workers=1, beam_pipeline_options=
         seconds=seconds, num_workers=builder.workers_used if options is None else num_workers, reused=reused, corrections=report.get("counts", {}))
 
 
-def _exit_bad_input(message):
-    """Exit code 2 (bad input) with one line on stderr."""
-    print(f"bwtf.data.build: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv, program_flags):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(args, program_flags):
+    del args  # every setting is a flag
+    arguments = program_flags.build_arguments()
     try:
-        summary = build_dataset(**program_flags.build_arguments())
-    except USER_ERRORS as error:
-        _exit_bad_input(str(error))
+        summary = _build_quietly(arguments)
     except OSError as error:  # an unreadable manual_dir file, a read-only or full data_dir
         where = f" {error.filename}" if error.filename else ""
-        _exit_bad_input(f"cannot read or write{where}: {error.strerror or error}; "
-                        "check the permissions and free space of manual_dir and data_dir")
+        raise bwtf.UserError(f"cannot read or write{where}: {error.strerror or error}; "
+                             "check the permissions and free space of manual_dir and data_dir") from None
     except KeyboardInterrupt:
-        print("bwtf.data.build: stopped before the end; the workers were stopped and nothing was written",
+        print("bwtf-build-data: stopped before the end; the workers were stopped and nothing was written",
               file=sys.stderr)
         sys.exit(130)
     print(summary.text())
+
+
+def _build_quietly(arguments):
+    """build_dataset, with TFDS's progress bars and announcements (on stdout) kept off the console."""
+    if program.verbose():
+        return build_dataset(**arguments)
+    # The summary says what was built. The builder reads only local files: no GCS lookups.
+    tfds.disable_progress_bar()
+    tfds.core.utils.gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+    with contextlib.redirect_stdout(io.StringIO()) as announcements:
+        summary = build_dataset(**arguments)
+    absl_logging.info("TFDS: %s", announcements.getvalue().strip(), extra=bwtf.FILE_ONLY)
+    return summary
 
 
 def run():
@@ -250,11 +259,12 @@ def run():
     from bwtf.data import _build_flags
 
     flags.mark_flags_as_required(["manual_dir", "data_dir"])
-    bwtf.show_program_flags_in_help()
     # SIGTERM (scancel, a batch system's time limit, kill) unwinds like Ctrl-C,
     # so the worker processes are stopped and partial files removed.
     signal.signal(signal.SIGTERM, _raise_interrupted)
-    app.run(functools.partial(main, program_flags=_build_flags))
+    program.run(functools.partial(main, program_flags=_build_flags), program.Program(
+        name="bwtf-build-data", doc=__doc__, usage="bwtf-build-data --manual_dir=DIR --data_dir=DIR [flags]",
+        flag_groups=(("Build", _build_flags.HOLDERS),)))
 
 
 def _raise_interrupted(signum, _frame):

@@ -25,15 +25,14 @@ import io
 import pathlib
 import re
 import shutil
-import sys
 import tarfile
 import tempfile
 import zipfile
 
-from absl import app
 from absl import flags
 
 import bwtf
+from bwtf import program
 
 LAYOUTS = ("ilsvrc2012", "fall11", "extracted", "kaggle", "kaggle-tree")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -42,7 +41,7 @@ _VALIDATION_EVERY = 5
 _SYNSET_FILE = re.compile(r"^(n\d{8})_(.*)\.jpe?g$", re.IGNORECASE)
 
 
-class SampleArchiveError(ValueError):
+class SampleArchiveError(bwtf.UserError, ValueError):
     """The requested sample archive cannot be written (bad layout, source or output)."""
 
 
@@ -254,14 +253,13 @@ def write_sample_archive(out_dir, layout="ilsvrc2012", source=None, images_per_c
     return str(out)
 
 
-def main(argv, program_flags):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    out, layout, source, images_per_class = program_flags.arguments()
+def main(args, holders):
+    del args  # every setting is a flag
+    out, layout, source, images_per_class = (holder.value for holder in holders)
     try:
         manual_dir = write_sample_archive(out, layout=layout, source=source, images_per_class=images_per_class)
-    except (SampleArchiveError, OSError) as error:
-        sys.exit(f"sample_archive: {error}")
+    except OSError as error:
+        raise SampleArchiveError(f"cannot write the sample archive to {out}: {error}") from None
     print(f"wrote a {layout} sample archive to {manual_dir}")
 
 
@@ -270,9 +268,11 @@ def run():
     # not claim generic flag names such as --out in the importer's process.
     from bwtf.data import _sample_archive_flags
 
+    holders = _sample_archive_flags.define(LAYOUTS)
     flags.mark_flag_as_required("out")
-    bwtf.show_program_flags_in_help()
-    app.run(functools.partial(main, program_flags=_sample_archive_flags))
+    program.run(functools.partial(main, holders=holders), program.Program(
+        name="python -m bwtf.data.sample_archive", doc=__doc__,
+        usage="python -m bwtf.data.sample_archive --out=DIR [flags]", flag_groups=(("Archive", holders),)))
 
 
 if __name__ == "__main__":

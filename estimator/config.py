@@ -51,6 +51,7 @@ import dataclasses
 import math
 from typing import Any, Optional, Tuple
 
+import bwtf
 from bwtf.estimator import models
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -61,7 +62,7 @@ EVAL_CROPS = ("resize_shorter_side", "central_fraction")
 _LINEAR_SCALING_REFERENCE_BATCH = 256
 
 
-class ConfigError(ValueError):
+class ConfigError(bwtf.UserError, ValueError):
     """A configuration value is out of range; the message names the field."""
 
 

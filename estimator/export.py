@@ -1,4 +1,4 @@
-"""`bwtf-export` (``python -m bwtf.estimator.export``): a SavedModel that serves JPEG bytes.
+"""Exports a checkpoint as a SavedModel that serves JPEG bytes.
 
     bwtf-export --model_dir=runs/r50 --export_dir=exports/r50 [--checkpoint=latest] [--overwrite]
 
@@ -14,23 +14,26 @@ so no dataset is read; a model flag that contradicts the record is refused
 naming both values. A model_dir written before records needs the training
 flags (``--model``, ``--image_size``, ``--data_dir``, ``--dataset``), as before.
 
-Deliberately left out: everything but the command line (the library is
-``bwtf.estimator.serving``).
+Exit codes:
+  0   done (the export's path is printed)
+  2   bad flags, dataset, checkpoint or export_dir (one line; nothing was written)
 """
 import dataclasses
-import sys
+import functools
 
-from absl import app, flags
+from absl import flags
 
 import bwtf
-from bwtf.estimator import _flags, _tf_logging
+from bwtf import program
+from bwtf.estimator import _flags
 from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
 from bwtf.estimator.evaluation import model_setup as _eval_setup
 from bwtf.estimator.serving import labels as _export_labels
 from bwtf.estimator.serving.saved_model import ExportError, export_saved_model, refuse_existing, version_dir
 from bwtf.estimator.serving.saved_model import METADATA_FILE  # noqa: F401  (where the export records itself)
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = bwtf.EXIT_USAGE
+_DATA_FLAGS = ("data_dir", "dataset", "use_synthetic_data", "eval_split")
 
 
 # ---------------------------------------------------------------------------
@@ -53,16 +56,8 @@ def define_flags(flag_values=flags.FLAGS):
             "labels_file", None, "Synset words file (LOC_synset_mapping.txt or words.txt) for "
             "the label text; default: the dataset's own label_text.", flag_values=flag_values),
     })
-    return {"model": _flags.define_model_flags(flag_values),
-            "data": _flags.define_data_flags(flag_values), "export": own}
-
-
-def _user_errors():
-    return (ExportError, _export_labels.LabelsFileError) + _eval_setup.user_errors()
-
-
-# The data flags bwtf-export reads; any other one given is refused (it would change nothing).
-_USED_DATA_FLAGS = frozenset({"data_dir", "dataset", "use_synthetic_data", "eval_split"})
+    return {"export": own, "model": _flags.define_model_flags(flag_values),
+            "data": _flags.define_data_flags(flag_values, only=_DATA_FLAGS)}
 
 
 def _export_from_values(values):
@@ -87,29 +82,28 @@ def _export_from_values(values):
     return export_saved_model(own["export_dir"], prefix, model, step, own["overwrite"])
 
 
-def main(argv, cli_flags):
-    """Runs bwtf-export with the parsed ``cli_flags`` (from ``define_flags``)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag")
-    _tf_logging.route_tensorflow_logs_through_absl()
-    values = {group: holders.values() for group, holders in cli_flags.items()}
+def _export(values, cli_flags):
     values["explicit"] = {name: value for holders in cli_flags.values()
                           for name, value in holders.explicit().items()}
-    try:
-        unused = _flags.given_but_unused([cli_flags["data"]], _USED_DATA_FLAGS)
-        if unused:
-            raise ExportError(_flags.unused_flags_message(
-                "bwtf-export", unused, "serving crops each image as evaluation does, without augmentation"))
-        print(_export_from_values(values))
-    except _user_errors() as error:
-        print(f"bwtf-export: error: {error}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    program.log_to_file_in(values["export"]["model_dir"], "export")
+    print(_export_from_values(values))
+    return 0
+
+
+def _program(cli_flags):
+    return program.Program(
+        name="bwtf-export", doc=__doc__, usage="bwtf-export [flags]",
+        flag_groups=(("Export", cli_flags["export"]), ("Model", cli_flags["model"]), ("Data", cli_flags["data"])))
+
+
+def main(argv, cli_flags):
+    """Runs bwtf-export with the parsed ``cli_flags`` (from ``define_flags``); exits with its code."""
+    program.run_with_groups(functools.partial(_export, cli_flags=cli_flags), _program(cli_flags), cli_flags, argv)
 
 
 def run():
     cli_flags = define_flags()
-    bwtf.show_program_flags_in_help()
-    app.run(lambda argv: main(argv, cli_flags))
+    program.run_with_groups(_export, _program(cli_flags), cli_flags)
 
 
 if __name__ == "__main__":

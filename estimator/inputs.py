@@ -43,6 +43,8 @@ from typing import Tuple
 
 import tensorflow as tf
 
+import bwtf
+
 _AUTOTUNE = tf.data.AUTOTUNE
 _EVAL_CENTRAL_FRACTION = 0.875
 _RESIZE_SHORTER_SIDE_RATIO = 256 / 224
@@ -50,7 +52,7 @@ _ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 _REQUIRED_FEATURES = ("image", "label")
 
 
-class DatasetError(ValueError):
+class DatasetError(bwtf.UserError, ValueError):
     """The dataset cannot be read as an image-classification dataset."""
 
 

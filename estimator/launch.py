@@ -1,39 +1,39 @@
-"""`bwtf-launch` (``python -m bwtf.estimator.launch``): a whole training cluster on localhost.
+"""Runs a whole training cluster on this machine: ps tasks, the chief, workers and an evaluator.
 
-    bwtf-launch --num_ps=1 --num_workers=2 --evaluator -- \\
+    bwtf-launch --num_ps=1 --num_workers=2 --evaluator -- \
         --model=small_cnn --data_dir=/tmp/tfds --model_dir=/tmp/run --train_steps=300
 
-starts one ``python -m bwtf.estimator.train`` per task (``--num_workers``
-counts the chief) on free localhost ports, each with its own ``TF_CONFIG``,
-and prints every line of their output prefixed with the task's name
-(``[chief]``, ``[worker:0]``, ``[ps:0]``, ``[evaluator]``). It exits with the
-chief's status: 0 when training finished, ``bwtf.ckpt.EXIT_REQUEUE`` (75)
-when a SIGTERM/SIGINT made the chief save and stop (the first signal is
-forwarded to the chief, workers and evaluator; a second one kills everything).
-No task outlives the launcher, even a SIGKILLed one. ``--max_restarts=N``
-restarts a task that something else killed (the fault tests use it).
+The flags before -- are the launcher's own; everything after -- goes unchanged
+to every bwtf-train task (put shared settings in a --flagfile there). It starts
+one bwtf-train per task (--num_workers counts the chief) on free localhost
+ports, each with its own TF_CONFIG, and prints every line of their console
+output prefixed with the task's name ([chief], [worker:1], [ps:0],
+[evaluator]); each task's full log goes to MODEL_DIR/logs/<role>.log.
+The first SIGTERM/SIGINT is forwarded to the chief, workers and evaluator (the
+chief saves, then stops); a second one kills everything. No task outlives the
+launcher, even a SIGKILLed one. --max_restarts=N restarts a task that
+something else killed.
 
-Each task runs through the per-task wrapper ``python -m bwtf.estimator.task``
-(the one the batch scripts use; see ``bwtf.estimator.cluster.batch_task``).
-``bwtf-launch --task``, ``--print_flags_digest`` and
-``--print_evaluator_tf_config`` are kept as aliases of that program: they
-replace this process with it.
+The batch scripts run each task through python -m bwtf.estimator.task;
+bwtf-launch --task, --print_flags_digest and --print_evaluator_tf_config are
+aliases of that program.
 
-Deliberately left out: scheduling across machines (that is what Slurm and PBS
-are for) and restarting tasks that failed by themselves.
+Exit codes: the chief's status:
+  0   training finished
+  2   bad launcher flags, or a task refused to start (one line)
+  75  a SIGTERM/SIGINT made the chief save and stop: requeue me
 """
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 import bwtf
+from bwtf import program
 from bwtf.estimator.cluster import flags_digest as _flags_digest
 from bwtf.estimator.cluster import local_supervisor as _local_cluster
-from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = bwtf.EXIT_USAGE
 # The per-task wrapper's modes; given to bwtf-launch, they hand over to it.
 _TASK_MODES = ("--task", "--print_flags_digest", "--print_evaluator_tf_config")
 
@@ -58,8 +58,8 @@ _TASK_MODULE = flags.DEFINE_string(
     "task_module", "bwtf.estimator.train", "The module each task runs with python -m.")
 
 
-def _train_argv(argv):
-    train_argv = list(argv[1:])
+def _train_argv(args):
+    train_argv = list(args)
     given = [a for a in train_argv if a.startswith("--distribution=")]
     wanted = f"--distribution={_DISTRIBUTION.value}"
     if given and given[-1] != wanted:
@@ -87,13 +87,8 @@ def _launch(train_argv):
     return _local_cluster.Supervisor(tasks, plan, output).run()
 
 
-def main(argv):
-    try:
-        return _launch(_train_argv(argv))
-    except (_local_cluster.LaunchError, _flags_digest.FlagsMismatchError,
-            _ps_lifecycle.PortInUseError) as error:
-        print(f"bwtf-launch: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+def main(args):
+    return _launch(_train_argv(args))
 
 
 def _hand_over_task_modes(argv):
@@ -107,10 +102,16 @@ def _hand_over_task_modes(argv):
     os.execv(sys.executable, [sys.executable, "-m", "bwtf.estimator.task"] + rest)
 
 
+PROGRAM = program.Program(
+    name="bwtf-launch", doc=__doc__, usage="bwtf-launch [launcher flags] -- [bwtf-train flags]",
+    flag_groups=(("Cluster", [_NUM_PS, _NUM_WORKERS, _EVALUATOR, _DISTRIBUTION]),
+                 ("Processes", [_HOST, _PORT_BASE, _MAX_RESTARTS, _SHUTDOWN_GRACE_SECS, _LOG_DIR, _TASK_MODULE])),
+    args=(0, None))
+
+
 def run():
     _hand_over_task_modes(sys.argv)
-    bwtf.show_program_flags_in_help()
-    app.run(main)
+    program.run(main, PROGRAM)
 
 
 if __name__ == "__main__":

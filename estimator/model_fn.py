@@ -50,6 +50,7 @@ import contextlib
 import tensorflow as tf
 from absl import logging
 
+import bwtf
 from bwtf import ckpt
 from bwtf.estimator import models
 from bwtf.estimator.cluster import worker_stop as _worker_stop
@@ -65,7 +66,7 @@ _CHANNEL_MEANS = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 _CHANNEL_STDDEVS = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(bwtf.UserError, ValueError):
     """The checkpoint was written by a different model or class count."""
 
 

@@ -1,4 +1,4 @@
-"""`bwtf-report MODEL_DIR`: PNG plots of a training run, drawn from its event files.
+"""Draws PNG plots of a training run from its event files.
 
     bwtf-report /lustre/me/runs/resnet50 [--output_dir=DIR]
 
@@ -15,16 +15,20 @@ out with a warning naming the tags it looked for; having no plot at all is an
 error. Each file is written to a temporary name and renamed, so a reader never
 sees a half-written PNG.
 
-Deliberately left out: interactive plots and anything TensorBoard already does
-better (histograms, graphs, smoothing controls).
-"""
-import os
-import sys
-import tempfile
+For everything else (histograms, graphs, smoothing) use TensorBoard, which
+is installed with bwtf: tensorboard --logdir MODEL_DIR.
 
-from absl import app, flags, logging
+Exit codes:
+  0   done (the paths written are printed)
+  2   no such model_dir, or no scalars to plot in it (one line)
+"""
+import io
+import os
+
+from absl import flags, logging
 
 import bwtf
+from bwtf import program
 from bwtf.estimator.evaluation import events as _eval_events
 
 # Throughput tag names, most specific first; train.py's own tag leads.
@@ -32,7 +36,7 @@ THROUGHPUT_TAGS = ("images_per_sec", "images/sec", "examples_per_sec", "examples
 _STEPS_PER_SEC_TAG = "global_step/sec"
 
 
-class ReportError(ValueError):
+class ReportError(bwtf.UserError, ValueError):
     """The model_dir cannot be turned into a report."""
 
 
@@ -77,15 +81,9 @@ def throughput_series(runs):
 
 
 def _save(figure, path):
-    directory = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png", dpi=110)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110)
+    bwtf.write_atomically(path, png.getvalue())
 
 
 def _plot(path, title, series_list, x_label, y_label, x_of):
@@ -158,26 +156,21 @@ def define_flags(flag_values=flags.FLAGS):
         flag_values=flag_values)
 
 
-def main(argv, output_dir_flag):
-    if len(argv) != 2:
-        raise app.UsageError(
-            f"expected exactly one MODEL_DIR argument, found {len(argv) - 1}: "
-            "bwtf-report MODEL_DIR [--output_dir=DIR]")
-    model_dir = argv[1]
+def main(args, output_dir_flag):
+    model_dir = args[0]
     if not os.path.isdir(model_dir):
-        sys.exit(f"bwtf-report: model_dir {model_dir} does not exist or is not a directory")
-    try:
-        written = write_report(model_dir, output_dir_flag.value)
-    except (ReportError, _eval_events.NoEventsError) as error:
-        sys.exit(f"bwtf-report: {error}")
-    for path in written:
+        raise ReportError(f"model_dir {model_dir} does not exist or is not a directory; expected the "
+                          "--model_dir of a bwtf-train run")
+    for path in write_report(model_dir, output_dir_flag.value):
         print(path)
+    return 0
 
 
 def run():
     output_dir_flag = define_flags()
-    bwtf.show_program_flags_in_help()
-    app.run(lambda argv: main(argv, output_dir_flag))
+    program.run(lambda args: main(args, output_dir_flag), program.Program(
+        name="bwtf-report", doc=__doc__, usage="bwtf-report MODEL_DIR [--output_dir=DIR]",
+        flag_groups=(("Report", [output_dir_flag]),), args=(1, 1), args_name="MODEL_DIR"))
 
 
 if __name__ == "__main__":

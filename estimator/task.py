@@ -1,4 +1,4 @@
-"""``python -m bwtf.estimator.task``: one task of a batch job, as srun/mpiexec start it.
+"""One task of a batch job, as srun/mpiexec start it: checked, then replaced by bwtf-train.
 
 The batch scripts (``scripts/train.sbatch``, ``scripts/train.pbs``) let
 srun/mpiexec place the tasks and ``bwtf.estimator.cluster.roles`` derive each
@@ -20,21 +20,13 @@ failed, so that a chief failing at startup ends the whole job. See
 alias of this program.
 
 Exit codes: the training program's own; 2 when the task refuses to start.
-
-Deliberately left out: everything but the command line.
 """
-import sys
 
-from absl import app
 from absl import flags
 
-import bwtf
+from bwtf import program
 from bwtf.estimator.cluster import batch_task
 from bwtf.estimator.cluster import flags_digest as _flags_digest
-from bwtf.estimator.cluster import local_supervisor as _local_cluster
-from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
-
-EXIT_USER_ERROR = 2
 
 _FLAGS_DIGEST = flags.DEFINE_string("flags_digest", None, "The digest every task must match.")
 _PRINT_FLAGS_DIGEST = flags.DEFINE_boolean(
@@ -53,25 +45,26 @@ _TASK_MODULE = flags.DEFINE_string(
     "task_module", "bwtf.estimator.train", "The module the task runs with python -m.")
 
 
-def main(argv):
-    try:
-        if _PRINT_EVALUATOR_TF_CONFIG.value:
-            print(batch_task.evaluator_tf_config(argv[1:]))
-            return 0
-        if _PRINT_FLAGS_DIGEST.value:
-            print(_flags_digest.flags_digest(argv[1:]))
-            return 0
-        return batch_task.exec_task(argv[1:], _FLAGS_DIGEST.value, _TASK_MODULE.value, _STATUS_DIR.value,
-                                    _LOG_DIR.value, _CHIEF_STATUS_FILE.value)
-    except (_local_cluster.LaunchError, _flags_digest.FlagsMismatchError,
-            _ps_lifecycle.PortInUseError) as error:
-        print(f"bwtf-launch: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+def main(args):
+    if _PRINT_EVALUATOR_TF_CONFIG.value:
+        print(batch_task.evaluator_tf_config(args))
+        return 0
+    if _PRINT_FLAGS_DIGEST.value:
+        print(_flags_digest.flags_digest(args))
+        return 0
+    return batch_task.exec_task(args, _FLAGS_DIGEST.value, _TASK_MODULE.value, _STATUS_DIR.value, _LOG_DIR.value,
+                                _CHIEF_STATUS_FILE.value)
+
+
+PROGRAM = program.Program(
+    name="bwtf-launch", doc=__doc__, usage="python -m bwtf.estimator.task [flags] -- [bwtf-train flags]",
+    flag_groups=(("Task", [_FLAGS_DIGEST, _STATUS_DIR, _LOG_DIR, _CHIEF_STATUS_FILE, _TASK_MODULE]),
+                 ("Batch script", [_PRINT_FLAGS_DIGEST, _PRINT_EVALUATOR_TF_CONFIG])),
+    args=(0, None))
 
 
 def run():
-    bwtf.show_program_flags_in_help()
-    app.run(main)
+    program.run(main, PROGRAM)
 
 
 if __name__ == "__main__":

@@ -1,74 +1,60 @@
-"""``python -m bwtf.estimator.train`` (``bwtf-train``): one task of a training job.
+"""One task of a training job: a ps, the chief, a worker or the evaluator.
 
 Start it once per task, on every node, with the same flags (``--flagfile=job.flags``
-keeps them in one file)::
+keeps them in one file); ``bwtf-launch`` does that on one machine, and
+``scripts/train.sbatch`` / ``scripts/train.pbs`` under Slurm and PBS::
 
     # one process (synthetic data, a CPU smoke test)
-    python -m bwtf.estimator.train --model=small_cnn --use_synthetic_data \\
-        --model_dir=/tmp/run --train_steps=100 --batch_size=32 --distribution=none
+    bwtf-train --model=small_cnn --use_synthetic_data --model_dir=/tmp/run \
+        --train_steps=100 --batch_size=32 --distribution=none
 
     # 1 ps + chief + 1 worker on localhost, classic flags (worker 0 is the chief)
-    python -m bwtf.estimator.train --flagfile=job.flags --job_name=ps --task_index=0 \\
+    bwtf-train --flagfile=job.flags --job_name=ps --task_index=0 \
         --ps_hosts=localhost:2222 --worker_hosts=localhost:2223,localhost:2224 &
     ...same with --job_name=worker --task_index=0 and --task_index=1
 
-Under Slurm (``srun``) or PBS (``mpiexec``/``aprun``) the role comes from the
-scheduler's variables (see ``bwtf.estimator.cluster.roles``); ``--num_ps`` says how
-many of the tasks serve parameters.
-
-The task's role decides what it does (``bwtf.estimator.training.task``):
-``ps`` serves variables until the chief is done; ``chief`` and ``worker``
-train; ``evaluator`` evaluates each new intact checkpoint once and exits after
-the checkpoint at ``--train_steps`` (0), or after ``--eval_timeout_secs``
-without a new one (1). ``--distribution=ps`` (the default) keeps the variables
-on the ps tasks, updated asynchronously or, with ``--sync_replicas``,
-synchronously; ``collective`` uses MultiWorkerMirroredStrategy (all-reduce,
-no ps); ``none`` (or any single-task job) trains in this process and
-evaluates every ``--eval_every_steps``.
+The role comes from, first match wins: the classic flags; TF_CONFIG; Slurm
+(srun) or PBS (mpiexec/aprun) variables, where --num_ps says how many tasks
+serve parameters; else one local process. ps tasks serve variables until the
+chief is done; the chief and workers train; the evaluator evaluates each new
+intact checkpoint once and stops after the one at --train_steps.
+--distribution=ps (the default) keeps the variables on the ps tasks, updated
+asynchronously or, with --sync_replicas, synchronously; collective uses
+MultiWorkerMirroredStrategy (all-reduce, no ps); none (or any single-task job)
+trains in this process and evaluates every --eval_every_steps.
 
 GPUs: one GPU per chief/worker process, none for the ps tasks and the
-evaluator. Give every task of a node the node's GPUs (``sbatch --gres=gpu:4``,
-or ``BWTF_GPUS_PER_NODE=4``); each task keeps the one that matches its place
-among the node's training tasks and logs it with its node (see
-``bwtf.estimator.cluster.roles.visible_devices``); install ``bwtf[gpu]``.
-``--precision=bf16`` suits A100/H100; ``fp16`` (with dynamic loss scaling)
-suits V100; ``--xla`` compiles the model on either.
+evaluator. Give every task of a node the node's GPUs (sbatch --gres=gpu:4, or
+BWTF_GPUS_PER_NODE=4); each task keeps the one that matches its place among
+the node's training tasks and logs it with its node (see
+bwtf.estimator.cluster.roles.visible_devices); install bwtf[gpu].
+--precision=bf16 suits A100/H100; fp16 (with dynamic loss scaling) suits V100;
+--xla compiles the model on either.
 
 Signals: SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) all mean "save at the current
 step and exit 75"; a SIGINT is turned into a SIGTERM, so no task ever ends in
 a KeyboardInterrupt traceback.
 
-Exit codes: 0 done; 2 bad flags, data, cluster or checkpoint (one-line message,
-nothing started); ``bwtf.ckpt.EXIT_FENCED`` (73) for a chief whose model_dir a
-newer chief took over (it wrote nothing more; not requeued);
-``bwtf.ckpt.EXIT_REQUEUE`` (75) when stopped by a signal or
-the walltime after a final checkpoint (ps-cluster workers too, after their
-current step, and the evaluator on a signal, after its current evaluation); an evaluator exits 1 when
-``--eval_timeout_secs`` passed without the final checkpoint; a ps returns its
-lifecycle's code, and a ps-cluster worker exits 70
-(``cluster.ps_lifecycle.EXIT_CHIEF_VANISHED``) when its chief vanished.
+The console shows the resolved cluster, the start summary, progress, checkpoint
+commits, evaluations and the final summary; the task's full log (TensorFlow's
+included) goes to MODEL_DIR/logs/<role>.log, or $BWTF_LOG_DIR/<role>.log when
+the batch job sets it. -v 0 shows the full log on the console instead.
 
-Deliberately left out: launching the other tasks (``bwtf-launch``), one-shot
-evaluation and export (``bwtf-eval``, ``bwtf-export``).
+Exit codes:
+  0   done
+  1   an evaluator stopped after --eval_timeout_secs without the final checkpoint
+  2   bad flags, data, cluster or checkpoint (one line; nothing was started)
+  70  a ps or worker whose chief vanished
+  73  the chief was fenced off by a newer chief of the same --model_dir
+  75  stopped by a signal or the walltime after a final checkpoint: requeue me
 """
 import os
 import signal
-import sys
 
-from absl import app
 from absl import flags
 
-import bwtf
-from bwtf import ckpt
+from bwtf import program
 from bwtf.estimator import _flags
-from bwtf.estimator import _tf_logging
-from bwtf.estimator import config
-from bwtf.estimator import inputs
-from bwtf.estimator import model_fn
-from bwtf.estimator import models
-from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
-from bwtf.estimator.cluster import roles as cluster
-from bwtf.estimator.evaluation import history as _eval_history
 from bwtf.estimator.training import task
 
 _MODEL = _flags.define_model_flags()
@@ -82,16 +68,10 @@ _WARM_START_FROM = flags.DEFINE_string(
     "run's model_dir, ckpt-<N> directory or checkpoint prefix; variables restored by name and shape, "
     "the classifier head re-initialized when the class count differs.")
 
-_USER_ERRORS = (
-    config.ConfigError, cluster.ClusterError, inputs.DatasetError, model_fn.CheckpointMismatchError,
-    models.UnknownModelError, ckpt.CheckpointError, _ps_lifecycle.PortInUseError,
-    _eval_history.HistoryError,
-)
 # The evaluator's own flag; bwtf-eval has the same one (defined only when it runs).
 _EVAL_TIMEOUT = flags.DEFINE_float(
     "eval_timeout_secs", task.DEFAULT_EVAL_TIMEOUT_SECS, "evaluator task: stop (exit 1) after this "
     "long without a new checkpoint before the one at --train_steps.", lower_bound=0.0)
-
 
 
 def flag_values():
@@ -102,31 +82,34 @@ def flag_values():
             "ckpt": _CKPT.values(), "cluster": _CLUSTER.values()}
 
 
+def _log_file(role, model_dir):
+    """This task's full log: one file per role (chief.log, worker-1.log, ps-0.log, evaluator.log)."""
+    name = role.task_type if role.task_type in ("chief", "evaluator") else f"{role.task_type}-{role.task_id}"
+    program.log_to_file_in(model_dir, name)
+
+
 def _sigint_means_sigterm():
     """Ctrl-C (or srun's SIGINT) then does whatever SIGTERM does at that moment: a final save and 75
     while training, the ps's "stay up for the chief", a quiet end before training starts."""
     signal.signal(signal.SIGINT, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag")
+def main(args):
+    del args  # every setting is a flag
     _sigint_means_sigterm()
-    _tf_logging.route_tensorflow_logs_through_absl()
-    try:
-        code = task.run_task(flag_values())
-    except _USER_ERRORS as error:
-        print(f"bwtf-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except ckpt.FencedError as error:  # a newer chief owns model_dir: stop, no requeue
-        print(f"bwtf-train: stopped: {error}", file=sys.stderr)
-        sys.exit(ckpt.EXIT_FENCED)
-    sys.exit(code)
+    values = flag_values()
+    return task.run_task(values, on_role=lambda role: _log_file(role, values["train"]["model_dir"]))
+
+
+PROGRAM = program.Program(
+    name="bwtf-train", doc=__doc__, usage="bwtf-train [flags]",
+    flag_groups=(("Model", _MODEL), ("Data", _DATA), ("Training", _TRAIN), ("Evaluator task", [_EVAL_TIMEOUT]),
+                 ("Fine-tuning", [_WARM_START_FROM]),
+                 ("Checkpoint", _CKPT), ("Cluster", _CLUSTER)))
 
 
 def run():
-    bwtf.show_program_flags_in_help()
-    app.run(main)
+    program.run(main, PROGRAM)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
 # 5. exports a SavedModel into a version folder (bwtf-export) and verifies the checkpoints (bwtf-ckpt verify);
 # 6. prints precision@1 and where everything went.
 # BWTF_DEMO_SKIP_INSTALL=1 skips step 0 (the install) on a machine that already has .venv.
+# The console shows bwtf's own lines (at most 60 after the installation); each task's full
+# log, TensorFlow's included, is in demo-out/model/logs/<role>.log. BWTF_DEMO_VERBOSE=1
+# passes -v 0 to every program, which shows the full logs on the console instead.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$(mkdir -p "${BWTF_DEMO_OUT:-$repo/demo-out}" && cd "${BWTF_DEMO_OUT:-$repo/demo-out}" && pwd)"
@@ -18,7 +21,9 @@ started=$SECONDS
 # TF's C++ start-up notices (oneDNN, CPU features) once per process are noise here.
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}"
 
-step() { printf '\n== demo: %s\n' "$*"; }
+step() { printf '== demo: %s\n' "$*"; }
+verbose=()
+[ "${BWTF_DEMO_VERBOSE:-0}" = 1 ] && verbose=(--verbosity=0)
 
 if [ "${BWTF_DEMO_SKIP_INSTALL:-0}" != 1 ]; then
   step "install (scripts/install.sh)"
@@ -40,26 +45,27 @@ cat > "$out/job.flags" <<FLAGS
 FLAGS
 
 step "1/5 write the digits archive in the ILSVRC2012 layout"
-"$bin/python" -m bwtf.data.sample_archive --out="$out/archive"
+"$bin/python" -m bwtf.data.sample_archive --out="$out/archive" ${verbose[@]+"${verbose[@]}"}
 
 step "2/5 build the TFDS dataset"
-"$bin/bwtf-build-data" --manual_dir="$out/archive" --data_dir="$out/tfds"
+"$bin/bwtf-build-data" --manual_dir="$out/archive" --data_dir="$out/tfds" ${verbose[@]+"${verbose[@]}"}
 
 step "3/5 train on localhost: 1 ps, chief, 1 worker, evaluator"
-"$bin/bwtf-launch" --num_ps=1 --num_workers=2 --evaluator -- --flagfile="$out/job.flags" \
-    --batch_size=32 --train_steps=1500 --save_checkpoints_steps=500 --keep_checkpoints=3 --eval_throttle_secs=5
+"$bin/bwtf-launch" --num_ps=1 --num_workers=2 --evaluator -- --flagfile="$out/job.flags" ${verbose[@]+"${verbose[@]}"} \
+    --batch_size=32 --train_steps=1500 --save_checkpoints_steps=500 --keep_checkpoints=3 --eval_throttle_secs=5 \
+    --log_every_steps=250
 
 step "4/5 evaluate the newest intact checkpoint"
 # The model_dir describes itself (run.json): evaluation and export need nothing else.
-"$bin/bwtf-eval" --model_dir="$out/model" --split=validation --output_json="$out/eval.json"
+"$bin/bwtf-eval" --model_dir="$out/model" --split=validation --output_json="$out/eval.json" ${verbose[@]+"${verbose[@]}"} \
+    > /dev/null  # the result's one line is logged; the record is in eval.json
 
 step "5/5 export a SavedModel and verify the checkpoints"
-saved_model=$("$bin/bwtf-export" --model_dir="$out/model" --export_dir="$out/export")
+saved_model=$("$bin/bwtf-export" --model_dir="$out/model" --export_dir="$out/export" ${verbose[@]+"${verbose[@]}"})
 "$bin/bwtf-ckpt" verify "$out/model"
 
 precision=$("$bin/python" -c 'import json, sys; print("%.4f" % json.load(open(sys.argv[1]))["precision_at_1"])' "$out/eval.json")
 cat <<SUMMARY
-
 == demo finished in $(( SECONDS - installed )) s after installation ($(( SECONDS - started )) s in all)
 precision@1 on the validation split: $precision
   archive      $out/archive
@@ -68,4 +74,5 @@ precision@1 on the validation split: $precision
   evaluation   $out/eval.json
   SavedModel   $saved_model   (version folders under $out/export)
   job flags    $out/job.flags
+  full logs    $out/model/logs   (tensorboard --logdir $out/model)
 SUMMARY

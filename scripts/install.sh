@@ -20,7 +20,8 @@ if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(not ((3, 9) <= sys.v
 fi
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=68" wheel
+# setuptools 82 removed pkg_resources, which TensorBoard 2.15 (`tensorboard --logdir`) imports.
+"$venv/bin/python" -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=68,<82" wheel
 "$venv/bin/python" -m pip install --quiet -e "$repo[$extras]"
 "$venv/bin/python" -m pip check
 echo "install.sh: bwtf installed in $venv with extras [$extras]"

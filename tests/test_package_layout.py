@@ -153,7 +153,7 @@ _TOP_LEVEL = {
     "estimator", "data", "ckpt", "scripts", "tests",
     "WORKSPACE", "BUILD", "setup.py", "README.md", "ARCHITECTURE.md", ".ci",
     # Small conventional files.
-    "__init__.py", "pyproject.toml", ".gitignore", ".bazelrc", ".bazelversion", ".bazelignore",
+    "__init__.py", "program.py", "pyproject.toml", ".gitignore", ".bazelrc", ".bazelversion", ".bazelignore",
 }
 
 

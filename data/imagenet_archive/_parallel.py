@@ -44,6 +44,7 @@ from tensorflow_datasets.core import hashing
 from tensorflow_datasets.core import shuffle
 from tensorflow_datasets.core import writer as tfds_writer
 
+import bwtf
 from bwtf.data.imagenet_archive import _examples
 
 _BUCKETS = shuffle.BUCKETS_NUMBER
@@ -60,7 +61,7 @@ class DuplicateKeyError(RuntimeError):
     """Two images of one split produce the same example key."""
 
 
-class WorkerError(RuntimeError):
+class WorkerError(bwtf.UserError, RuntimeError):
     """A worker process ended without finishing its task."""
 
 

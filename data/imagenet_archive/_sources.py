@@ -21,6 +21,7 @@ import os
 import re
 import tarfile
 
+import bwtf
 from bwtf.data import annotations
 from bwtf.data import archive
 
@@ -37,7 +38,7 @@ _VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})$")
 _DEVKIT_MEMBERS = ("ILSVRC2012_validation_ground_truth.txt", "meta.mat")
 
 
-class ManualDirError(ValueError):
+class ManualDirError(bwtf.UserError, ValueError):
     """manual_dir lacks what the builder needs, or holds a side file it cannot use."""
 
 

@@ -31,6 +31,7 @@ from tensorflow_datasets.core import file_adapters
 from tensorflow_datasets.core import naming
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
+import bwtf
 from bwtf.data.imagenet_archive import _examples
 from bwtf.data.imagenet_archive import _parallel
 from bwtf.data.imagenet_archive import _plan
@@ -46,11 +47,11 @@ SHUFFLE_MEMORY_BYTES = 64 << 20
 _REGISTERED_NAMES = ("ilsvrc1000", "present")  # reserved for their class_set with default options
 
 
-class ConfigError(ValueError):
+class BuilderConfigError(bwtf.UserError, ValueError):
     """A builder config option has a value the builder cannot use."""
 
 
-class BadImagesError(RuntimeError):
+class BadImagesError(bwtf.UserError, RuntimeError):
     """More images were damaged than the config's ``max_bad_image_fraction`` allows."""
 
 
@@ -80,14 +81,14 @@ class ImagenetArchiveConfig(tfds.core.BuilderConfig):
 
     def __post_init__(self):
         if self.class_set not in CLASS_SETS:
-            raise ConfigError(f"class_set must be one of {', '.join(CLASS_SETS)}, found {self.class_set!r}")
+            raise BuilderConfigError(f"class_set must be one of {', '.join(CLASS_SETS)}, found {self.class_set!r}")
         if self.images_per_class is not None and (
                 not isinstance(self.images_per_class, int) or self.images_per_class < 1):
-            raise ConfigError(f"images_per_class must be a positive integer, found {self.images_per_class!r}")
+            raise BuilderConfigError(f"images_per_class must be a positive integer, found {self.images_per_class!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ConfigError(f"validation_fraction must be in [0, 1), found {self.validation_fraction!r}")
+            raise BuilderConfigError(f"validation_fraction must be in [0, 1), found {self.validation_fraction!r}")
         if not 0.0 <= self.max_bad_image_fraction <= 1.0:
-            raise ConfigError(f"max_bad_image_fraction must be in [0, 1], found {self.max_bad_image_fraction!r}")
+            raise BuilderConfigError(f"max_bad_image_fraction must be in [0, 1], found {self.max_bad_image_fraction!r}")
         if self.class_list is not None and not isinstance(self.class_list, str):
             self.class_list = tuple(self.class_list)
 
@@ -109,10 +110,10 @@ def make_config(*, class_set="present", class_list=None, images_per_class=None, 
     derived = _derived_name(class_set, class_list, images_per_class, file_list, validation_fraction,
                             max_bad_image_fraction)
     if name in _REGISTERED_NAMES and name != derived:
-        raise ConfigError(f"config name {name!r} is reserved for class_set={name} with default options; "
+        raise BuilderConfigError(f"config name {name!r} is reserved for class_set={name} with default options; "
                           "choose another name for these options")
     if name is not None and (not _CONFIG_NAME.match(name) or ".." in name):
-        raise ConfigError(f"config name {name!r} must be one folder name of letters, digits, '_', '-', '.' and '+' "
+        raise BuilderConfigError(f"config name {name!r} must be one folder name of letters, digits, '_', '-', '.' and '+' "
                           "(at most 100, no '..' and no '/'), such as 'present-100'")
     name = name or derived
     return ImagenetArchiveConfig(
@@ -148,13 +149,13 @@ def _read_class_list(class_list):
     if not isinstance(class_list, str):
         return tuple(class_list)
     if not os.path.isfile(class_list):
-        raise ConfigError(f"class_list file {class_list} does not exist; expected one synset per line")
+        raise BuilderConfigError(f"class_list file {class_list} does not exist; expected one synset per line")
     text = _sources.read_text(class_list, "class_list file")
     return tuple(line.split()[0] for line in text.splitlines() if line.strip())
 
 
 def plan_build(manual_dir, config):
-    """The build's plan, made before TFDS creates anything; ConfigError or ManualDirError for bad input.
+    """The build's plan, made before TFDS creates anything; BuilderConfigError or ManualDirError for bad input.
 
     Pass it to the builder as ``given_plan`` so the archive is planned once.
     """

@@ -28,21 +28,22 @@ Deliberately left out: deriving the roles (``roles`` does that from the
 scheduler's variables) and the localhost launcher (``local_supervisor``).
 """
 import ctypes
-import json
 import os
 import signal
 import subprocess
 import sys
 
-from bwtf import ckpt
+import bwtf
 from bwtf.estimator.cluster import flags_digest as _flags_digest
 from bwtf.estimator.cluster import local_supervisor as _local_cluster
-from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
+from bwtf.estimator.cluster import ports
+from bwtf.estimator.cluster import roles
+from bwtf.estimator.cluster import tf_config
 
 _PR_SET_PDEATHSIG = 1
 _CHIEF_POLL_SECS = 1.0
-# Same order as bwtf.estimator.cluster.roles: the first one set names this task's rank.
-_RANK_VARIABLES = ("SLURM_PROCID", "PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
+# The first one set names this task's rank.
+_RANK_VARIABLES = ("SLURM_PROCID",) + roles.MPI_RANK_VARIABLES
 
 
 def die_with_parent():
@@ -58,29 +59,20 @@ def die_with_parent():
 
 def _task_name():
     """'chief:0' from TF_CONFIG, else 'rank 3' from the scheduler (for error messages)."""
-    try:
-        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-        if task.get("type"):
-            return f"{task['type']}:{task.get('index', 0)}"
-    except (ValueError, AttributeError):
-        pass
-    return f"rank {_task_rank()}"
+    task = tf_config.own_task(os.environ.get("TF_CONFIG"))
+    return f"{task[0]}:{task[1]}" if task else f"rank {_task_rank()}"
 
 
 def _own_tf_config_address():
-    """This task's host:port from TF_CONFIG, or None (malformed: train.py explains)."""
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task = config["task"]
-        return config["cluster"][task["type"]][task.get("index", 0)]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
+    """This task's host:port from TF_CONFIG, or None (malformed: bwtf-train explains)."""
+    task = tf_config.own_task(os.environ.get("TF_CONFIG"))
+    return task[2] if task else None
 
 
 def _task_rank():
     for name in _RANK_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return os.environ[name]
+        if roles.is_rank_number(os.environ.get(name, "")):
+            return os.environ[name].strip()
     return f"pid{os.getpid()}"
 
 
@@ -92,7 +84,7 @@ def chief_failure(chief_status_file):
             text = handle.read().strip()
     except OSError:
         return None
-    if not text.isdigit() or int(text) in (0, ckpt.EXIT_REQUEUE):
+    if not text.isdigit() or int(text) in (0, bwtf.EXIT_REQUEUE):
         return None
     return int(text)
 
@@ -114,10 +106,10 @@ def _wait_watching_the_chief(child, chief_status_file, say):
             if failed is None:
                 continue
             say(f"bwtf-launch: rank {_task_rank()} ({_task_name()}): the chief (rank 0) failed with status "
-                f"{failed}; stopping this task, which exits with {_ps_lifecycle.EXIT_CHIEF_VANISHED}")
+                f"{failed}; stopping this task, which exits with {bwtf.EXIT_CHIEF_VANISHED}")
             child.kill()
             child.wait()
-            return _ps_lifecycle.EXIT_CHIEF_VANISHED
+            return bwtf.EXIT_CHIEF_VANISHED
 
 
 def _run_and_record(command, status_dir, log_dir, chief_status_file=None):
@@ -137,11 +129,7 @@ def _run_and_record(command, status_dir, log_dir, chief_status_file=None):
 
     child = subprocess.Popen(command, preexec_fn=die_with_parent, stdout=log, stderr=log)
     status = _wait_watching_the_chief(child, chief_status_file, say)
-    os.makedirs(status_dir, exist_ok=True)
-    path = os.path.join(status_dir, f"task-{_task_rank()}.status")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(f"{status}\n")
-    os.replace(path + ".tmp", path)
+    bwtf.write_atomically(os.path.join(status_dir, f"task-{_task_rank()}.status"), f"{status}\n")
     return status
 
 
@@ -158,7 +146,7 @@ def exec_task(train_argv, expected_digest, module, status_dir, log_dir, chief_st
     address = _own_tf_config_address()
     if address:
         try:
-            _ps_lifecycle.ensure_port_free(address)
+            ports.ensure_port_free(address)
         except ValueError:
             pass  # A malformed address: the training program's cluster check explains it.
     command = [sys.executable, "-m", module] + list(train_argv)
@@ -182,4 +170,4 @@ def evaluator_tf_config(train_argv):
     cluster = {"chief": ["localhost:1"]}
     if distribution == "ps":
         cluster["ps"] = ["localhost:2"]
-    return json.dumps({"cluster": cluster, "task": {"type": "evaluator", "index": 0}})
+    return tf_config.build(cluster, "evaluator", 0)

@@ -15,10 +15,12 @@ flags).
 import hashlib
 import os
 
+import bwtf
+
 _FLAGFILE = "--flagfile="
 
 
-class FlagsMismatchError(ValueError):
+class FlagsMismatchError(bwtf.UserError, ValueError):
     """This task's flags differ from those the launcher saw."""
 
 

@@ -22,8 +22,6 @@ tasks themselves) and retrying a task that failed by itself (a non-zero exit
 is a bug or bad input, which a restart would only repeat).
 """
 import dataclasses
-import errno
-import json
 import os
 import signal
 import socket
@@ -34,6 +32,9 @@ import time
 from typing import Optional
 
 from bwtf import ckpt
+import bwtf
+from bwtf.estimator.cluster import ports as ports_lib
+from bwtf.estimator.cluster import tf_config
 
 _POLL_SECS = 0.2
 # A worker still running this long after the chief and every ps have ended
@@ -46,7 +47,7 @@ _ORPHANED_WORKER_GRACE_SECS = 30.0
 _COLLECTIVE_WORKER_GRACE_SECS = 10.0
 
 
-class LaunchError(ValueError):
+class LaunchError(bwtf.UserError, ValueError):
     """The requested cluster cannot be started; the message says why."""
 
 
@@ -86,22 +87,11 @@ def validate(plan):
             f"(found --num_ps={plan.num_ps} --num_workers={plan.num_workers})")
 
 
-def _port_is_free(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("", port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
-
-
 def pick_ports(count, port_base=0):
     """``count`` ports: port_base.. (checked) or, with port_base 0, free ones from the OS."""
     if port_base:
         ports = list(range(port_base, port_base + count))
-        taken = [port for port in ports if not _port_is_free(port)]
+        taken = [port for port in ports if not ports_lib.port_is_free(port)]
         if taken:
             raise LaunchError(
                 f"port(s) {', '.join(map(str, taken))} of --port_base={port_base} (ports {ports[0]}-"
@@ -133,7 +123,7 @@ def plan_tasks(plan):
         cluster["ps"] = [f"{plan.host}:{next(ports)}" for _ in range(plan.num_ps)]
 
     def spec(name, task_type, index):
-        return TaskSpec(name, task_type, json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}}))
+        return TaskSpec(name, task_type, tf_config.build(cluster, task_type, index))
 
     tasks = [TaskSpec("chief", "chief", "") if plan.distribution == "none" else spec("chief", "chief", 0)]
     tasks += [spec(f"worker:{i}", "worker", i) for i in range(plan.num_workers - 1)]

@@ -32,24 +32,21 @@ of workers (the chief's session already waits for them).
 ``task_type``, ``task_id`` and ``cluster_spec`` (a dict of job name to
 ``host:port`` list) are read.
 """
-import errno
 import os
 import signal
-import socket
 import threading
 import time
 
 from absl import logging
 
+import bwtf
+from bwtf.estimator.cluster.ports import PortInUseError, accepts_connections, ensure_port_free  # noqa: F401
+
 # Distinct from bwtf.ckpt.EXIT_REQUEUE (75) and from TensorFlow's own crashes
 # (1, or 128+signal), so a log reader can tell why a ps ended.
-EXIT_CHIEF_VANISHED = 70
+EXIT_CHIEF_VANISHED = bwtf.EXIT_CHIEF_VANISHED
 
 _QUEUE_PREFIX = "bwtf_chief_done_ps_"
-
-
-class PortInUseError(RuntimeError):
-    """This task's own port is taken by another process."""
 
 
 def _chief_address(cluster_spec):
@@ -62,44 +59,6 @@ def _chief_address(cluster_spec):
         f"cluster spec has neither a 'chief' nor a 'worker' job: {cluster_spec!r}; "
         "a ps task needs a chief to wait for."
     )
-
-
-def _split_address(address):
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"expected 'host:port' in the cluster spec, found {address!r}")
-    return host, int(port)
-
-
-def accepts_connections(address, timeout_secs=1.0):
-    """True when something listens on ``address`` ('host:port')."""
-    host, port = _split_address(address)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_secs):
-            return True
-    except OSError:
-        return False
-
-
-def ensure_port_free(address):
-    """Raises PortInUseError when this task's port cannot be bound.
-
-    TensorFlow's own bind failure is a C++ log line followed by an abort, which
-    reads like a crash; checking first gives a message that names the port.
-    """
-    host, port = _split_address(address)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE:
-                raise
-            raise PortInUseError(
-                f"port {port} (this task's address {address}) is already in use by another "
-                "process; stop that process, or choose other ports (a different job id, "
-                "--port_base, or free ports in TF_CONFIG)."
-            ) from None
 
 
 def _task_address(role):
@@ -188,7 +147,7 @@ def serve_parameter_server(
         _chief_address(role.cluster_spec), chief_timeout_secs, chief_start_timeout_secs
     )
     logging.info("ps:%d serving at %s; waiting for the chief at %s to finish",
-                 role.task_id, _task_address(role), watch.address)
+                 role.task_id, _task_address(role), watch.address, extra=bwtf.FILE_ONLY)
     with tf.Graph().as_default():
         dequeue = _done_queue(tf, role.task_id).dequeue()
         options = tf.compat.v1.RunOptions(timeout_in_ms=int(poll_secs * 1000))

@@ -58,7 +58,6 @@ Deliberately left out: starting servers (``train`` and ``ps_lifecycle`` do
 that) and any network probing.
 """
 import dataclasses
-import json
 import os
 import re
 import socket
@@ -66,13 +65,17 @@ from typing import Dict, List
 
 from absl import logging
 
+import bwtf
+from bwtf.estimator.cluster import tf_config
+
 SOURCES = ("auto", "flags", "tf_config", "slurm", "pbs", "local")
 _TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 _CLASSIC_JOBS = ("ps", "worker", "evaluator")
 _PORT_FLOOR = 20000
 _PORTS_PER_JOB = 16
 _PORT_SLOTS = 2000
-_RANK_VARIABLES = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
+# The MPI launchers' rank variables, first set wins (SLURM_PROCID is Slurm's own).
+MPI_RANK_VARIABLES = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
 _SIZE_VARIABLES = ("PMI_SIZE", "PALS_SIZE", "OMPI_COMM_WORLD_SIZE")
 _PORT_BASE_VARIABLE = "BWTF_PORT_BASE"
 _GPUS_PER_NODE_VARIABLE = "BWTF_GPUS_PER_NODE"
@@ -82,7 +85,7 @@ _SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:(\d{1,5})$")
 
 
-class ClusterError(ValueError):
+class ClusterError(bwtf.UserError, ValueError):
     """The cluster description is malformed or inconsistent; says which part."""
 
 
@@ -133,8 +136,7 @@ class ClusterRole:
     def tf_config_json(self):
         if not self.is_distributed:
             return ""
-        return json.dumps({"cluster": self.cluster_spec,
-                           "task": {"type": self.task_type, "index": self.task_id}})
+        return tf_config.build(self.cluster_spec, self.task_type, self.task_id)
 
     def describe(self):
         jobs = " ".join(f"{job}={','.join(hosts)}" for job, hosts in sorted(self.cluster_spec.items()))
@@ -204,9 +206,9 @@ def _from_flags(job_name, task_index, ps_hosts, worker_hosts):
 
 def _parse_tf_config(text):
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ClusterError(f"TF_CONFIG is not valid JSON ({error}); found {text[:200]!r}") from None
+        config = tf_config.decode(text)
+    except tf_config.TFConfigError as error:
+        raise ClusterError(str(error)) from None
     if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) \
             or not isinstance(config.get("task"), dict):
         raise ClusterError(
@@ -264,7 +266,7 @@ def _split_ps_workers(num_tasks, num_ps, where):
 
 def _int_variable(environ, name):
     value = environ.get(name, "")
-    if not value.strip().isdigit():
+    if not is_rank_number(value):
         raise ClusterError(f"{name} must be a non-negative integer; found {value!r}")
     return int(value)
 
@@ -386,6 +388,11 @@ def _from_slurm(environ, num_ps):
     return _scheduler_role(hosts, rank, num_ps, environ, "SLURM_JOB_ID", "slurm", where)
 
 
+def is_rank_number(text):
+    """True for a plain non-negative decimal number ("12"), false for "²", "١٢" or "-1"."""
+    return re.fullmatch(r"\s*[0-9]+\s*", text or "") is not None
+
+
 def _first_variable(environ, names):
     for name in names:
         if environ.get(name, "") != "":
@@ -395,11 +402,11 @@ def _first_variable(environ, names):
 
 def _from_pbs(environ, num_ps):
     node_file = environ.get("PBS_NODEFILE")
-    rank_variable = _first_variable(environ, _RANK_VARIABLES)
+    rank_variable = _first_variable(environ, MPI_RANK_VARIABLES)
     if not node_file or rank_variable is None:
         raise ClusterError(
             "PBS cluster requested but PBS_NODEFILE or a rank variable "
-            f"({', '.join(_RANK_VARIABLES)}) is not set; launch with mpiexec/aprun inside the job")
+            f"({', '.join(MPI_RANK_VARIABLES)}) is not set; launch with mpiexec/aprun inside the job")
     try:
         with open(node_file, encoding="utf-8") as lines:
             slots = [line.strip() for line in lines if line.strip()]
@@ -472,7 +479,7 @@ def _auto_source(environ, job_name, ps_hosts, worker_hosts):
         return "tf_config"
     if environ.get("SLURM_STEP_NUM_TASKS"):
         return "slurm"
-    if environ.get("PBS_NODEFILE") and _first_variable(environ, _RANK_VARIABLES):
+    if environ.get("PBS_NODEFILE") and _first_variable(environ, MPI_RANK_VARIABLES):
         return "pbs"
     return "local"
 

@@ -13,10 +13,11 @@ import os
 
 import tensorflow as tf
 
+import bwtf
 from bwtf import ckpt
 
 
-class NoCheckpointError(FileNotFoundError):
+class NoCheckpointError(bwtf.UserError, FileNotFoundError):
     """There is no usable checkpoint where one was expected."""
 
 

@@ -11,10 +11,12 @@ import dataclasses
 import glob
 import os
 
+import bwtf
+
 _EVENT_GLOB = "events.out.tfevents.*"
 
 
-class NoEventsError(FileNotFoundError):
+class NoEventsError(bwtf.UserError, FileNotFoundError):
     """The model_dir holds no TensorBoard event files."""
 
 

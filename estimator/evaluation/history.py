@@ -19,10 +19,12 @@ import os
 
 from absl import logging
 
+import bwtf
+
 HISTORY_NAME = "history.jsonl"
 
 
-class HistoryError(ValueError):
+class HistoryError(bwtf.UserError, ValueError):
     """The history file exists but is not what this module writes."""
 
 

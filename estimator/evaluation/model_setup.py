@@ -132,14 +132,3 @@ def define_checkpoint_flag(flag_values):
     return flags.DEFINE_string(
         "checkpoint", "latest", "'latest' (newest intact checkpoint of --model_dir), a "
         "ckpt-<N> directory, or a TF checkpoint prefix.", flag_values=flag_values)
-
-
-def user_errors():
-    """The exception types that mean bad input to a command that rebuilds a trained model.
-
-    The commands print them as one line and exit 2; anything else is a bug and
-    keeps its traceback.
-    """
-    return (config.ConfigError, inputs.DatasetError, models.UnknownModelError,
-            model_fn.CheckpointMismatchError, ckpt.CheckpointError,
-            _eval_checkpoints.NoCheckpointError)  # RecordMismatchError is a ConfigError

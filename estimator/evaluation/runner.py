@@ -27,15 +27,14 @@ evaluating on several processes at once, and object-store model_dirs for the
 history file (it is appended to in place).
 """
 import dataclasses
-import json
 import time
 from typing import Optional
 
 import tensorflow as tf
 from absl import logging
 
+import bwtf
 from bwtf import ckpt
-
 from bwtf.estimator import inputs, model_fn
 from bwtf.estimator import config as config_lib
 from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
@@ -48,7 +47,7 @@ from bwtf.estimator.evaluation import single_process as _eval_estimator
 FINAL_WATCH_SECS = 1.0
 
 
-class EvalError(ValueError):
+class EvalError(bwtf.UserError, ValueError):
     """The evaluation cannot run as asked; the message says what to change."""
 
 
@@ -100,7 +99,8 @@ class _Evaluator:
         """
         try:
             model_fn.check_checkpoint_compatible(prefix, self._job.train_config)
-            logging.info("evaluating checkpoint %s (step %d) on split %r", prefix, step, self._job.split)
+            logging.info("evaluating checkpoint %s (step %d) on split %r", prefix, step, self._job.split,
+                         extra=bwtf.FILE_ONLY)
             record = _eval_estimator.evaluate_checkpoint(
                 self._estimator, self._input_fn, prefix, self._job.split, self._job.steps)
         except (tf.errors.NotFoundError, ckpt.CorruptCheckpointError):
@@ -133,6 +133,12 @@ def _dataset_sizes(job):
     return inputs.dataset_metadata(job.dataset, splits=[job.split]).split_sizes
 
 
+def _log_record(record):
+    logging.info("evaluation of step %d on %s: precision@1 %.4f precision@5 %.4f loss %.4f (%d examples)",
+                 record["global_step"], record["split"], record["precision_at_1"], record["precision_at_5"],
+                 record["loss"], record["num_examples"])
+
+
 def evaluate_once(job, checkpoint="latest"):
     """Evaluates one checkpoint over the whole split; returns the result record."""
     sizes = _dataset_sizes(job)
@@ -141,6 +147,7 @@ def evaluate_once(job, checkpoint="latest"):
     if record is None:
         raise EvalError(f"checkpoint {prefix} disappeared during the evaluation; run again")
     _check_count(job, record, sizes)
+    _log_record(record)
     return record
 
 
@@ -158,7 +165,7 @@ def evaluate_continuously(job, final_step=None, idle_timeout_secs=3600.0, poll_s
         record = evaluator(step, prefix)
         if record is not None:
             _check_count(job, record, sizes)
-            print(json.dumps(record, sort_keys=True), flush=True)
+            _log_record(record)
         return record
 
     loop_config = _eval_loop.LoopConfig(

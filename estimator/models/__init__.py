@@ -22,6 +22,7 @@ calls it; nothing here owns a graph, a session or a loss). Models:
 
 Deliberately left out: channels_first, pretrained weights, Keras models.
 """
+import bwtf
 from bwtf.estimator.models import alexnet, inception_v3, resnet50, small_cnn
 
 _MODULES = {
@@ -33,7 +34,7 @@ _MODULES = {
 MODEL_NAMES = tuple(_MODULES)
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(bwtf.UserError, ValueError):
     """The model name is not one of MODEL_NAMES."""
 
 

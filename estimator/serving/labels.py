@@ -17,8 +17,10 @@ import os
 
 from absl import logging
 
+import bwtf
 
-class LabelsFileError(ValueError):
+
+class LabelsFileError(bwtf.UserError, ValueError):
     """The labels file is missing, malformed or lacks some classes."""
 
 

@@ -37,6 +37,7 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
+import bwtf
 from bwtf import ckpt
 from bwtf.estimator import config, inputs, model_fn, models
 from bwtf.estimator.serving import signature as serving_signature
@@ -46,7 +47,7 @@ LABELS_ASSET = "labels.txt"
 SIGNATURE_KEY = "serving_default"
 
 
-class ExportError(ValueError):
+class ExportError(bwtf.UserError, ValueError):
     """The export cannot be written as asked; the message says what to change."""
 
 

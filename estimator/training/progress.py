@@ -11,6 +11,8 @@ import time
 import tensorflow as tf
 from absl import logging
 
+import bwtf
+
 
 class ProgressHook(tf.compat.v1.train.SessionRunHook):
     """Logs progress; ``summary_dir`` None means "do not write summaries"."""
@@ -19,6 +21,8 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
         self._fetches = {"loss": loss, "lr": learning_rate, "precision_at_1": precision_at_1}
         self._config = config
         self._summary_dir = summary_dir
+        # The chief (the task that writes summaries) speaks for the job on the console.
+        self._console = None if summary_dir else bwtf.FILE_ONLY
         # An async worker's step moves the global step by one with its own batch;
         # synchronous and collective steps consume every worker's batch at once
         # (the same accounting as the learning rate's, see config).
@@ -61,7 +65,8 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
             "step %d/%d loss %.4f lr %.5f precision@1(train) %.3f | %.1f images/s this worker, "
             "%.1f images/s job, %.2f steps/s, ETA %s",
             global_step, self._config.train_steps, values["loss"], values["lr"],
-            values["precision_at_1"], worker_images, job_images, steps_per_sec, _duration(eta))
+            values["precision_at_1"], worker_images, job_images, steps_per_sec, _duration(eta),
+            extra=self._console)
         self._write_summaries(global_step, worker_images, job_images, steps_per_sec)
         self._last = (now, self._local_steps, global_step)
 
@@ -82,7 +87,7 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
         wall = time.monotonic() - self._start
         images = self._local_steps * self._config.batch_size
         logging.info("this task trained %d steps in %s: %.1f images/s mean for this worker",
-                     self._local_steps, _duration(wall), images / max(wall, 1e-9))
+                     self._local_steps, _duration(wall), images / max(wall, 1e-9), extra=self._console)
 
 
 def _duration(seconds):

@@ -33,12 +33,15 @@ from typing import Optional
 
 from absl import logging
 
+import bwtf
 from bwtf import ckpt
 from bwtf.ckpt import run_record as _record_file
+from bwtf.ckpt import walltime as ckpt_walltime
 from bwtf.estimator import _flags
 from bwtf.estimator import config
 from bwtf.estimator import inputs
 from bwtf.estimator import model_fn
+from bwtf.estimator.cluster import ports
 from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 from bwtf.estimator.cluster import roles as cluster
 from bwtf.estimator.cluster import worker_stop as _worker_stop
@@ -51,6 +54,8 @@ _DEFAULT_SAVE_SECS = 600
 DEFAULT_EVAL_TIMEOUT_SECS = 3600.0
 # A collective worker whose chief is gone cannot train on (see _run_chief_or_worker).
 _COLLECTIVE_CHIEF_TIMEOUT_SECS = 10.0
+DEFAULT_PEER_TIMEOUT_SECS = 600.0
+_WALLTIME_VARIABLES = ("BWTF_WALLTIME_END", "SLURM_JOB_END_TIME", "PBS_WALLTIME")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Job:
     eval_throttle_secs: int
     eval_every_steps: int
     eval_timeout_secs: float = 3600.0
+    peer_timeout_secs: float = DEFAULT_PEER_TIMEOUT_SECS
     warm_start: Optional[_warm_start.WarmStart] = None  # the chief's, on a run without checkpoints
 
 
@@ -120,7 +126,31 @@ def _build_job(values, role):
         checkpoint_device=role.checkpoint_device if role.is_chief else None,
         log_every_steps=train_values["log_every_steps"])
     return Job(role, train, setup.dataset, train_values["eval_steps"], train_values["eval_throttle_secs"],
-               train_values["eval_every_steps"], train_values.get("eval_timeout_secs", DEFAULT_EVAL_TIMEOUT_SECS))
+               train_values["eval_every_steps"], train_values.get("eval_timeout_secs", DEFAULT_EVAL_TIMEOUT_SECS),
+               values["cluster"].get("peer_timeout_secs", DEFAULT_PEER_TIMEOUT_SECS))
+
+
+def _check_walltime(environ=None, now=None):
+    """A walltime already over would stop training after one step with 75, and a requeue would repeat that."""
+    environ = os.environ if environ is None else environ
+    end = ckpt_walltime.walltime_end(environ)
+    now = time.time() if now is None else now
+    if end is None or end > now:
+        return
+    variable = next(name for name in _WALLTIME_VARIABLES if environ.get(name, "").strip())
+    raise bwtf.UserError(
+        f"the job's walltime ({variable}={environ[variable].strip()}) ended {now - end:.0f} s ago, at "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; training would stop at once and ask for a "
+        "requeue that can never help. Set BWTF_WALLTIME_END to the epoch second the job ends "
+        "(e.g. $(( $(date +%s) + 3600 )) for one hour), or unset it")
+
+
+def _peer_addresses(role):
+    """What this task's session cannot start without: the ps tasks, or (collective) the other workers."""
+    spec = role.cluster_spec
+    if role.num_ps:
+        return list(spec.get("ps", ()))
+    return [address for job in ("chief", "worker") for address in spec.get(job, ()) if address != role.address]
 
 
 def _check_before_training(job, values):
@@ -130,6 +160,8 @@ def _check_before_training(job, values):
     before the first checkpoint), plans a warm start, and has every
     checkpoint's manifest name the record's digest.
     """
+    if job.role.task_type != "evaluator":
+        _check_walltime()
     if not job.role.is_chief:
         return job
     import tensorflow as tf
@@ -203,7 +235,7 @@ def _collective_strategy(role):
     """
     import tensorflow as tf
 
-    _ps_lifecycle.ensure_port_free(role.address)
+    ports.ensure_port_free(role.address)
     with _tf_config(role.tf_config_json()):
         strategy = tf.compat.v1.distribute.experimental.MultiWorkerMirroredStrategy()
     replicas = strategy.num_replicas_in_sync
@@ -291,7 +323,7 @@ def _log_start(job):
         " sync" if job.train.sync_replicas else "", data, job.train.model.name, job.train.model.num_classes,
         job.train.model.image_size, job.train.batch_size, job.train.num_workers, job.train.global_batch_size,
         job.train.update_batch_size, job.train.train_steps, job.train.peak_lr, _schedule_text(job.train.optimizer),
-        job.train.precision, " +xla" if job.train.xla else "", job.train.model_dir)
+        job.train.precision, " +xla" if job.train.xla else "", job.train.model_dir, extra=None if job.role.is_chief else bwtf.FILE_ONLY)
 
 
 def _schedule_text(optimizer):
@@ -352,8 +384,12 @@ def _run_evaluator(job):
 
 
 def _run_chief_or_worker(job, strategy=None):
+    # A collective strategy has started this task's server already (its port was checked then).
     if job.role.is_distributed and job.role.address and strategy is None:
-        _ps_lifecycle.ensure_port_free(job.role.address)
+        ports.ensure_port_free(job.role.address)
+    if job.role.is_distributed:
+        # TF's session would wait for them in C++, forever and deaf to SIGTERM.
+        ports.wait_for_peers(_peer_addresses(job.role), job.peer_timeout_secs)
     if job.role.task_type == "worker" and job.role.num_ps:
         # Under srun/mpiexec nothing else ends a worker stuck after the chief finished.
         _ps_lifecycle.start_worker_watchdog(job.role)
@@ -384,9 +420,15 @@ def _give_devices(role):
     logging.info("%s", cluster.describe_placement(role, os.environ))
 
 
-def run_task(values):
-    """Runs this task from flag values grouped as {"model", "data", "train", "ckpt", "cluster"}."""
+def run_task(values, on_role=None):
+    """Runs this task from flag values grouped as {"model", "data", "train", "ckpt", "cluster"}.
+
+    ``on_role(role)``, when given, is called once the role is known, before anything
+    else (train.py opens the task's log file there).
+    """
     role = _resolve_role(values["cluster"], values["train"]["distribution"])
+    if on_role is not None:
+        on_role(role)
     _give_devices(role)
     if role.task_type == "ps":
         return _ps_lifecycle.serve_parameter_server(role)

@@ -37,7 +37,7 @@ def _rewrite_outer(tools, path, change):
 
 def test_config_name_cannot_leave_data_dir(tiny_archives, tools, tmp_path):
     for name in ("../../escaped", str(tmp_path / "absolute"), "a/b", "..", ""):
-        with pytest.raises(builder_lib.ConfigError):
+        with pytest.raises(builder_lib.BuilderConfigError):
             tools.build(tiny_archives["ilsvrc2012"], tmp_path / "tfds", name=name or "/")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -357,7 +357,7 @@ def test_bad_input_gets_exit_2_and_one_line(tiny_archives, tools, tmp_path, subt
                                   timeout=300)
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2, done.stderr[-2000:]
-            assert len(lines) == 1 and lines[0].startswith("bwtf.data.build: ") and expected in lines[0], lines
+            assert len(lines) == 1 and lines[0].startswith("bwtf-build-data: error: ") and expected in lines[0], lines
             written = [p for p in (case_dir / "tfds").rglob("*") if p.is_file() and p.name != "junk"] \
                 if (case_dir / "tfds").exists() else []
             assert written == []

@@ -174,16 +174,16 @@ def test_ilsvrc_class_set_labels_real_samples_by_their_ilsvrc_index(imagenet_sam
 
 @pytest.mark.parametrize("options, error, message", [
     (dict(class_set="ilsvrc-1000"), builder_lib.ManualDirError, "none of the 10 synsets"),
-    (dict(class_set="bogus"), builder_lib.ConfigError, "class_set must be one of"),
-    (dict(images_per_class=0), builder_lib.ConfigError, "images_per_class must be a positive integer"),
-    (dict(validation_fraction=1.5), builder_lib.ConfigError, "validation_fraction must be in"),
-    (dict(max_bad_image_fraction=-1.0), builder_lib.ConfigError, "max_bad_image_fraction must be in"),
+    (dict(class_set="bogus"), builder_lib.BuilderConfigError, "class_set must be one of"),
+    (dict(images_per_class=0), builder_lib.BuilderConfigError, "images_per_class must be a positive integer"),
+    (dict(validation_fraction=1.5), builder_lib.BuilderConfigError, "validation_fraction must be in"),
+    (dict(max_bad_image_fraction=-1.0), builder_lib.BuilderConfigError, "max_bad_image_fraction must be in"),
     (dict(class_list=["dog"]), builder_lib.ManualDirError, "must be synsets like n01440764"),
-    (dict(class_list="/nonexistent/classes.txt"), builder_lib.ConfigError, "class_list file .* does not exist"),
+    (dict(class_list="/nonexistent/classes.txt"), builder_lib.BuilderConfigError, "class_list file .* does not exist"),
     (dict(file_list="/nonexistent/files.txt"), builder_lib.ManualDirError, "file_list .* does not exist"),
-    (dict(name="present", images_per_class=3), builder_lib.ConfigError, "reserved"),
-    (dict(num_workers=0), builder_lib.ConfigError, "num_workers must be at least 1"),
-    (dict(num_workers=2, beam_pipeline_options="runner=NoSuchRunner"), builder_lib.ConfigError,
+    (dict(name="present", images_per_class=3), builder_lib.BuilderConfigError, "reserved"),
+    (dict(num_workers=0), builder_lib.BuilderConfigError, "num_workers must be at least 1"),
+    (dict(num_workers=2, beam_pipeline_options="runner=NoSuchRunner"), builder_lib.BuilderConfigError,
      "--beam_pipeline_options: Unexpected pipeline runner: NoSuchRunner"),
 ])
 def test_bad_options_are_refused_with_a_clear_message(options, error, message, tiny_archives, tmp_path):

@@ -92,7 +92,7 @@ def test_beam_is_required_only_for_beam_builds(tiny_archives, tools, tmp_path, m
 
     monkeypatch.setitem(sys.modules, "apache_beam", None)
     monkeypatch.setitem(sys.modules, "apache_beam.options", None)
-    with pytest.raises(build_lib.builder_lib.ConfigError, match="pip install 'bwtf\\[beam\\]'"):
+    with pytest.raises(build_lib.builder_lib.BuilderConfigError, match="pip install 'bwtf\\[beam\\]'"):
         tools.build(tiny_archives["ilsvrc2012"], tmp_path / "beam", num_workers=2,
                     beam_pipeline_options="runner=DirectRunner")
     assert tools.build(tiny_archives["ilsvrc2012"], tmp_path / "local", num_workers=2).examples["train"] == 40

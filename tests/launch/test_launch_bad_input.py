@@ -6,8 +6,11 @@ real programs the way the batch scripts do (``bwtf-launch --task``) and assert
 the exit status and the message.
 """
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -29,6 +32,13 @@ def _clean_env(**extra):
 def _task(env, flags):
     return subprocess.run([sys.executable, "-m", "bwtf.estimator.launch", "--task", "--"] + flags,
                           env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
 
 
 _TRAIN_FLAGS = ["--model=small_cnn", "--use_synthetic_data", "--image_size=32", "--train_steps=1"]
@@ -61,3 +71,46 @@ def test_sbatch_script_refuses_too_few_tasks(tmp_path):
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "the job has 2 task(s); a training cluster needs at" in result.stderr
+
+
+_DEEP_TF_CONFIG = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("env_change, flags, message", [
+    ({"TF_CONFIG": _DEEP_TF_CONFIG}, [], "TF_CONFIG is nested too deeply"),
+    (dict(_SLURM_STEP, SLURM_PROCID="²"), ["--num_ps=1"], "SLURM_PROCID must be a non-negative integer"),
+    ({"BWTF_WALLTIME_END": "3600"}, ["--distribution=none"], "BWTF_WALLTIME_END=3600) ended"),
+    ({"TF_CONFIG": '{"cluster": {"chief": ["localhost:%d"], "ps": ["localhost:1"]}, '
+                   '"task": {"type": "chief", "index": 0}}'},
+     ["--peer_timeout_secs=2"], "no answer from localhost:1 after 2 s"),
+], ids=["tf-config-50000-deep", "superscript-rank", "walltime-already-past", "unreachable-ps"])
+def test_hostile_cluster_input_is_one_line_and_exit_2(env_change, flags, message, tmp_path, free_port):
+    env_change = {k: v.replace("%d", str(free_port)) if "%d" in v else v for k, v in env_change.items()}
+    result = _task(_clean_env(**env_change), _TRAIN_FLAGS + [f"--model_dir={tmp_path / 'model'}"] + flags)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "model").glob("ckpt-*"))
+
+
+@pytest.mark.timeout(300)
+def test_a_task_waiting_for_unreachable_peers_ends_on_sigterm(tmp_path, free_port):
+    env = _clean_env(TF_CONFIG='{"cluster": {"chief": ["localhost:%d"], "ps": ["localhost:1"]}, '
+                               '"task": {"type": "chief", "index": 0}}' % free_port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bwtf.estimator.train", *_TRAIN_FLAGS, f"--model_dir={tmp_path / 'model'}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        seen = ""
+        while "task chief:0" not in seen and time.monotonic() < deadline:  # the start summary: now waiting
+            seen += process.stdout.readline()
+        assert "task chief:0" in seen, seen
+        time.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGTERM

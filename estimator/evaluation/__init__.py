@@ -6,7 +6,8 @@
   checkpoints     which checkpoint(s) to read: ``latest``, ``ckpt-<N>`` or a TF prefix
   single_process  one checkpoint through Estimator.evaluate on this process alone
   model_setup     flag values into the configs that rebuild a trained model (eval, export, train)
-  events          scalars read back from event files (``bwtf-report``)
+  events          scalars read back from event files
+  plots           the PNG plots of a run (``bwtf-report``)
 
 Importing the package imports nothing.
 """

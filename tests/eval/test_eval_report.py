@@ -57,8 +57,8 @@ def test_the_report_draws_readable_pngs_from_a_real_run(trained_run, copy_run):
 
 
 def test_the_report_series_come_from_every_run_directory(trained_run, copy_run, tmp_path):
-    from bwtf.estimator import report
     from bwtf.estimator.evaluation import events as _eval_events
+    from bwtf.estimator.evaluation import plots as report
 
     model_dir = copy_run()
     runs = _eval_events.read_all(model_dir)

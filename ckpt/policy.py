@@ -32,6 +32,10 @@ class CheckpointPolicy:
         per write; a single larger variable is written alone.
       walltime_margin_secs: save and stop once less walltime than this remains.
       stop_signals: signals that trigger a final save and a clean stop.
+      staging_dir: local directory where an object-store (gs://) checkpoint is
+        staged before its upload and downloaded for a restore (None: the
+        system's temporary directory). It must hold one checkpoint; a save
+        or restore that would not fit fails before writing, naming it.
     """
 
     save_steps: Optional[int] = None
@@ -41,6 +45,7 @@ class CheckpointPolicy:
     max_group_bytes: int = 256 * _MIB
     walltime_margin_secs: float = 120.0
     stop_signals: Tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)
+    staging_dir: Optional[str] = None
 
     def __post_init__(self):
         problems = []

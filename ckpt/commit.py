@@ -119,7 +119,7 @@ class PendingCheckpoint:
     nothing a reader would trust.
     """
 
-    def __init__(self, model_dir, step, ownership=None):
+    def __init__(self, model_dir, step, ownership=None, staging_root=None, expected_bytes=0):
         _failpoints.check_config()
         self.store = as_storage(model_dir)
         # A writer without an explicit claim takes ownership at its first save.
@@ -130,7 +130,7 @@ class PendingCheckpoint:
         if self.store.is_local:
             self.staging_dir = self.store.path(f".tmp-ckpt-{self.step}-{self._token}")
         else:
-            self.staging_dir = tempfile.mkdtemp(prefix=f"bwtf-ckpt-{self.step}-")
+            self.staging_dir = local_scratch(staging_root, expected_bytes, f"bwtf-ckpt-{self.step}-")
         os.makedirs(self.staging_dir, exist_ok=True)
         _write_json_file(os.path.join(self.staging_dir, WRITER), _identity.current())
         self.checksum = storage_lib.default_checksum()
@@ -225,6 +225,25 @@ class PendingCheckpoint:
                   "generation": self.ownership.generation}
         self.store.write_atomic(f"{self.final_dir}/{MARKER}", json.dumps(marker).encode())
         shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def local_scratch(root, expected_bytes, prefix):
+    """A new local directory under ``root`` (None: the temporary directory)
+    for staging an object-store checkpoint; CheckpointError if it would not
+    hold ``expected_bytes``."""
+    root = root or tempfile.gettempdir()
+    try:
+        os.makedirs(root, exist_ok=True)
+        free = shutil.disk_usage(root).free
+    except OSError as e:
+        raise errors.CheckpointError(f"cannot use staging directory {root} ({e})") from e
+    if expected_bytes and free < expected_bytes * 1.05:
+        raise errors.CheckpointError(
+            f"staging directory {root} has {free / 2**20:.0f} MiB free; a checkpoint of this "
+            f"model needs {expected_bytes / 2**20:.0f} MiB there before it goes to the object "
+            "store. Point CheckpointPolicy.staging_dir (bwtf-train --ckpt_staging_dir) at a "
+            "local disk with room")
+    return tempfile.mkdtemp(prefix=prefix, dir=root)
 
 
 def _trust_own_commit(store, directory):

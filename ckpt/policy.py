@@ -37,6 +37,10 @@ class CheckpointPolicy:
       stop_signals: signals that trigger a final save and a clean stop.
       manifest_extra: (key, value) string pairs written under "extra" in each
         manifest, e.g. the digest of the run record that describes the model.
+      staging_dir: local directory where an object-store (gs://) checkpoint is
+        staged before its upload and downloaded for a restore (None: the
+        system's temporary directory). It must hold one checkpoint; a save
+        or restore that would not fit fails before writing, naming it.
     """
 
     save_steps: Optional[int] = None
@@ -47,6 +51,7 @@ class CheckpointPolicy:
     walltime_margin_secs: float = 120.0
     stop_signals: Tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)
     manifest_extra: Tuple[Tuple[str, str], ...] = ()
+    staging_dir: Optional[str] = None
 
     def __post_init__(self):
         problems = []

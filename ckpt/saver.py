@@ -39,7 +39,6 @@ import numbers
 import os
 import threading
 import shutil
-import tempfile
 import time
 
 import tensorflow as tf
@@ -135,6 +134,8 @@ class GatheredSaver:
         for saveable, tensors in pairs:
             for spec, tensor in zip(saveable.specs, tensors):
                 self._expected[spec.name] = _full_shape(spec, tensor)
+        self._total_bytes = sum((t.shape.num_elements() or 0) * max(t.dtype.size, 1)
+                                for _, tensors in pairs for t in tensors)
         snapshot_pairs = self._build_snapshot(pairs) if self._snapshots else pairs
         group_bytes = max(1, self._policy.max_group_bytes // _IN_FLIGHT)
         self._group_saves = [self._save_op(self._shard_prefix, group)
@@ -315,7 +316,9 @@ class GatheredSaver:
     def _commit(self, sess, step, started):
         if self._ownership is None:  # the chief took it before training; else now
             self._ownership = fence.acquire(self._store)
-        pending = commit.PendingCheckpoint(self._store, step, ownership=self._ownership)
+        pending = commit.PendingCheckpoint(self._store, step, ownership=self._ownership,
+                                           staging_root=self._policy.staging_dir,
+                                           expected_bytes=self._total_bytes)
         try:
             self.write_groups(sess, pending.prefix, pending.seal)
             ref = pending.finalize(_describe_variables(pending.prefix), dict(self._policy.manifest_extra))
@@ -404,7 +407,7 @@ class GatheredSaver:
             def verify():
                 return commit.check(store, directory, full=True)
         else:
-            local_prefix, cleanup, manifest = _download(store, directory)
+            local_prefix, cleanup, manifest = _download(store, directory, self._policy.staging_dir)
 
             def verify():
                 return commit.check_local_copy(store, directory, manifest, cleanup)
@@ -520,10 +523,11 @@ def _fallback(save_path, reason):
     return ref.path
 
 
-def _download(store, directory):
+def _download(store, directory, staging_root=None):
     """Downloads an object-store checkpoint once: (local prefix, local dir, manifest)."""
     manifest = commit.read_manifest(store, directory)
-    local_dir = tempfile.mkdtemp(prefix="bwtf-ckpt-restore-")
+    size = sum(meta["size"] for meta in manifest["files"].values())
+    local_dir = commit.local_scratch(staging_root, size, "bwtf-ckpt-restore-")
     try:
         for file_name in manifest["files"]:
             store.download(f"{directory}/{file_name}", os.path.join(local_dir, file_name))

@@ -20,6 +20,10 @@ Scenarios (``--scenario``; ``--trials`` repeats each):
   reader_deletes   a reader restores the newest checkpoint in a loop while the
                    writer's retention (keep 1) deletes under it: the reader never
                    fails, and every restore holds the values of the step it names.
+  train_corrupt_newest  bwtf-train to --train_steps, newest manifest garbled,
+                   rerun: resumes from the newest intact and trains to the limit.
+  train_pointer_crash   bwtf-train killed between its two pointer writes, rerun:
+                   restores that checkpoint (not step 0) and never replaces it.
 
 Each trial starts a writer process that saves steps 1, 2, 3, ... with a
 GatheredSaver (several groups per save, partitioned and plain variables, a
@@ -351,7 +355,75 @@ def scenario_reader_deletes(args, workdir, tf, ckpt, summary):
     return None
 
 
+_TRAIN_FLAGS = ("--model=small_cnn", "--use_synthetic_data", "--num_classes=10", "--image_size=32",
+                "--batch_size=4", "--log_every_steps=1", "--eval_steps=1", "--distribution=none",
+                "--train_steps=6", "--save_checkpoints_steps=2", "--keep_checkpoints=10")
+
+
+def _bwtf_train(model_dir, **env):
+    """Runs the real training program (one process, synthetic data): (status, log)."""
+    full_env = dict(_env(), CUDA_VISIBLE_DEVICES="", **env)
+    for name in ("TF_CONFIG", "SLURM_JOB_ID", "SLURM_PROCID", "PBS_NODEFILE", "PBS_JOBID",
+                 "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PALS_RANKID", "ALPS_APP_PE"):
+        full_env.pop(name, None)
+    run = subprocess.run([sys.executable, "-m", "bwtf.estimator.train", *_TRAIN_FLAGS,
+                          f"--model_dir={model_dir}"], capture_output=True, text=True,
+                         timeout=600, env=full_env, check=False)
+    return run.returncode, run.stdout + run.stderr
+
+
+def _manifest_bytes(model_dir, step):
+    with open(os.path.join(model_dir, f"ckpt-{step}", "MANIFEST.json"), "rb") as f:
+        return f.read()
+
+
+def scenario_train_corrupt_newest(args, workdir, tf, ckpt, summary):
+    """--train_steps=6 with saves at 2/4/6, ckpt-6's manifest garbled, rerun: it
+    resumes from ckpt-4 and trains to 6 (not "max_steps already saved")."""
+    del args, tf
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    code, log = _bwtf_train(model_dir)
+    if code != 0:
+        return f"the first run exited {code}: {log[-2000:]}"
+    with open(os.path.join(model_dir, "ckpt-6", "MANIFEST.json"), "w", encoding="utf-8") as f:
+        f.write("{garbled")
+    kept = _manifest_bytes(model_dir, 4)
+    code, log = _bwtf_train(model_dir)
+    if code != 0:
+        return f"the rerun exited {code}: {log[-2000:]}"
+    if "max_steps has already saved" in log or "ckpt-4/model.ckpt-4 (step 4)" not in log:
+        return f"the rerun did not resume from ckpt-4: {log[-2000:]}"
+    statuses = [(s.step, s.intact) for s in ckpt.list_checkpoints(model_dir, full=True)]
+    if statuses != [(2, True), (4, True), (6, True)] or _manifest_bytes(model_dir, 4) != kept:
+        return f"after the rerun the checkpoints are {statuses}"
+    summary["trials"] += 1
+    return None
+
+
+def scenario_train_pointer_crash(args, workdir, tf, ckpt, summary):
+    """The chief killed between its two pointer writes (LATEST written, TF's
+    checkpoint file not): the rerun restores that checkpoint, never replaces it."""
+    del args, tf
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    code, log = _bwtf_train(model_dir, BWTF_CKPT_FAILPOINT="pointer_written:1")
+    if code != -signal.SIGKILL:
+        return f"the first run was not killed at the failpoint ({code}): {log[-2000:]}"
+    first = _manifest_bytes(model_dir, 2)
+    code, log = _bwtf_train(model_dir)
+    if code != 0:
+        return f"the rerun exited {code}: {log[-2000:]}"
+    if "ckpt-2/model.ckpt-2 (step 2)" not in log or "Restored " not in log:
+        return f"the rerun did not restore ckpt-2: {log[-2000:]}"
+    steps = [s.step for s in ckpt.list_checkpoints(model_dir) if s.intact]
+    if _manifest_bytes(model_dir, 2) != first or steps != [2, 4, 6]:
+        return f"ckpt-2 was replaced or steps are missing: {steps}"
+    summary["trials"] += 1
+    return None
+
+
 SCENARIOS = {
+    "train_corrupt_newest": scenario_train_corrupt_newest,
+    "train_pointer_crash": scenario_train_pointer_crash,
     "kills": scenario_kills,
     "two_writers": scenario_two_writers,
     "prune_loop": scenario_prune_loop,

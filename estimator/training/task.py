@@ -99,7 +99,8 @@ def _checkpoint_policy(ckpt_values):
     steps, secs = ckpt_values["save_checkpoints_steps"], ckpt_values["save_checkpoints_secs"]
     if steps is None and secs is None:
         secs = _DEFAULT_SAVE_SECS
-    return ckpt.CheckpointPolicy(save_steps=steps, save_secs=secs, keep_last=ckpt_values["keep_checkpoints"])
+    return ckpt.CheckpointPolicy(save_steps=steps, save_secs=secs, keep_last=ckpt_values["keep_checkpoints"],
+                                 staging_dir=ckpt_values.get("ckpt_staging_dir"))
 
 
 def _build_job(values, role):

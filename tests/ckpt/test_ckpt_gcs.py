@@ -176,3 +176,35 @@ def test_two_gcs_writers_the_older_is_fenced_and_the_marker_names_the_manifest(g
     store.fs.pipe_file(store.path("ckpt-3", commit.MANIFEST), manifest.replace(b'"step"', b'"step" '))
     status = ckpt.list_checkpoints(model_dir)[-1]
     assert not status.intact and "marker" in status.reason
+
+
+@pytest.mark.timeout(180)
+def test_gcs_staging_goes_to_the_named_local_dir_and_a_full_one_is_refused(
+        gcs_emulator, tmp_path, monkeypatch):
+    from bwtf.ckpt import fence  # pylint: disable=import-outside-toplevel
+    fence.release_all()
+    model_dir = f"{gcs_emulator}/staging-{os.getpid()}-{time.time_ns()}"
+    staging = tmp_path / "scratch"
+    policy = ckpt.CheckpointPolicy(max_group_bytes=1000, staging_dir=str(staging))
+    seen = []
+    real_upload = commit.storage_lib.Storage.upload
+
+    def upload(self, local_path, path):
+        seen.append(local_path)
+        real_upload(self, local_path, path)
+
+    monkeypatch.setattr(commit.storage_lib.Storage, "upload", upload)
+    with tf.Graph().as_default():
+        step, _ = _graph()
+        saver = ckpt.GatheredSaver(model_dir, policy)
+        saver.build()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, None, global_step=1)
+            assert seen and all(p.startswith(str(staging)) for p in seen)
+            assert os.listdir(staging) == []  # removed once uploaded
+            monkeypatch.setattr(commit.shutil, "disk_usage",
+                                lambda path: shutil._ntuple_diskusage(10, 10, 10))
+            with pytest.raises(ckpt.CheckpointError, match="has 0 MiB free"):
+                saver.save(sess, None, global_step=2)
+    assert [s.step for s in ckpt.list_checkpoints(model_dir)] == [1]

@@ -155,7 +155,8 @@ def _write_ilsvrc2012(out, images, words):
         _tar_bytes(((f"{i.synset}/{i.stem}.xml", _bbox_xml(i, i.stem)) for i in train), compress=True))
     (out / "ILSVRC2012_bbox_val_v3.tgz").write_bytes(
         _tar_bytes(((f"val/{n}.xml", _bbox_xml(i, n)) for n, i in zip(val_names, val)), compress=True))
-    rows = ["ImageId,PredictionString"] + [f"{n},{i.synset} {' '.join(map(str, i.box))}" for n, i in zip(val_names, val)]
+    rows = ["ImageId,PredictionString"] + [f"{n},{i.synset} {' '.join(map(str, i.box))}"
+                                           for n, i in zip(val_names, val)]
     (out / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     (out / "LOC_synset_mapping.txt").write_text("".join(f"{s} {w}\n" for s, w in sorted(words.items())))
 
@@ -196,7 +197,8 @@ def _kaggle_members(images, words):
     members += [(f"ILSVRC/Data/CLS-LOC/val/{n}.JPEG", i.jpeg) for n, i in zip(val_names, val)]
     members += [(f"ILSVRC/Annotations/CLS-LOC/val/{n}.xml", _bbox_xml(i, n)) for n, i in zip(val_names, val)]
     members += [(f"ILSVRC/Data/CLS-LOC/test/ILSVRC2012_test_{n:08d}.JPEG", i.jpeg) for n, i in enumerate(val[:2], 1)]
-    rows = ["ImageId,PredictionString"] + [f"{n},{i.synset} {' '.join(map(str, i.box))}" for n, i in zip(val_names, val)]
+    rows = ["ImageId,PredictionString"] + [f"{n},{i.synset} {' '.join(map(str, i.box))}"
+                                           for n, i in zip(val_names, val)]
     members += [("LOC_val_solution.csv", ("\n".join(rows) + "\n").encode()),
                 ("LOC_synset_mapping.txt", "".join(f"{s} {w}\n" for s, w in sorted(words.items())).encode()),
                 ("LOC_sample_submission.csv", b"ImageId,PredictionString\n")]

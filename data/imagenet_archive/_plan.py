@@ -20,6 +20,7 @@ ILSVRC_VAL = "ILSVRC2012_img_val.tar"
 FALL11_IMAGES = ("Images.tar", "fall11_whole.tar")
 SPLIT_LISTS = {"train": "train_list.txt", "validation": "validation_list.txt"}
 CLASS_SETS = ("ilsvrc-1000", "present")
+LAYOUTS = ("ilsvrc2012", "fall11", "kaggle", "kaggle-tree", "extracted")
 _CHUNK = 256  # validation members per work item
 
 
@@ -58,7 +59,7 @@ def ilsvrc_synsets():
 
 
 def detect_layout(manual_dir):
-    """"ilsvrc2012", "fall11", "kaggle", "kaggle-tree" or "extracted"; ManualDirError naming everything looked for."""
+    """The layout's name (one of LAYOUTS); ManualDirError naming everything looked for."""
     if not os.path.isdir(manual_dir):
         raise _sources.ManualDirError(f"manual_dir {manual_dir} is not a directory; pass the folder holding the archives")
     if any(os.path.isfile(os.path.join(manual_dir, n)) for n in (ILSVRC_TRAIN, ILSVRC_VAL)):
@@ -370,7 +371,8 @@ def make_plan(manual_dir, options):
     """The Plan for ``manual_dir``; ManualDirError when it cannot be built."""
     plan = _make_plan(manual_dir, options)
     if options.subset is not None:
-        listed = {synset or image_stem.split("_")[0] for synset, stems in options.subset.items() for image_stem in stems}
+        listed = {synset or image_stem.split("_")[0]
+                  for synset, stems in options.subset.items() for image_stem in stems}
         if not listed & set(plan.class_names):
             raise _sources.ManualDirError(
                 f"the file list names no image of the {len(plan.class_names)} classes being built (its synsets: "

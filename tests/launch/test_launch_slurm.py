@@ -64,7 +64,7 @@ def _submit(job_dir, env, data_dir, train_steps, save_steps):
 
 
 def _chief_log(job_dir, job_id, restart):
-    """The log of the task that says it is the chief (rank num_ps, here 1)."""
+    """The log of the task that says it is the chief (rank 0)."""
     for log in sorted((job_dir / f"bwtf-logs-{job_id}").glob(f"train-r{restart}-*.log")):
         text = log.read_text(errors="replace")
         if "cluster role chief:0 (from slurm)" in text:
@@ -101,7 +101,7 @@ def test_sbatch_job_stopped_by_sigterm_saves_requeues_and_resumes(slurm_env, dig
     # Far more steps than the ~100 this test waits for, so that the TERM lands
     # mid-training however fast the machine is.
     job_id = _submit(job_dir, slurm_env, digits_data_dir, train_steps=3000, save_steps=1000)
-    chief_log = job_dir / f"bwtf-logs-{job_id}" / "train-r0-1.log"
+    chief_log = job_dir / f"bwtf-logs-{job_id}" / "train-r0-0.log"
     deadline = time.monotonic() + 180
     while not (chief_log.exists() and re.search(r"step (1\d\d|[2-9]\d\d)/3000", chief_log.read_text())):
         assert time.monotonic() < deadline, "training did not reach step 100 within 180s"

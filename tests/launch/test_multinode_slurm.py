@@ -159,10 +159,10 @@ def test_stock_sharded_saver_with_the_ps_on_a_node_local_disk_leaves_an_unusable
         env=cluster.env, capture_output=True, text=True, timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "stock: 7 steps, weights sum 70.0" in result.stdout
-    # The chief wrote TF's pointer to the shared directory; the ps wrote the
-    # checkpoint itself (SaveV2 and the merge run on the ps) to node3's disk.
+    # The chief wrote TF's pointer and the graph to the shared directory; the ps
+    # wrote the checkpoint itself (SaveV2 and the merge run on the ps) to node3's disk.
     stock = cluster.shared / name / "stock"
-    assert sorted(p.name for p in stock.iterdir()) == ["checkpoint"]
+    assert sorted(p.name for p in stock.iterdir()) == ["checkpoint", "model.ckpt-7.meta"]
     on_node3 = sorted(p.name for p in (cluster.local("node3") / name / "stock").iterdir())
     assert on_node3 == ["model.ckpt-7.data-00000-of-00001", "model.ckpt-7.index"]
     restored = subprocess.run(
@@ -183,7 +183,8 @@ def test_stock_sharded_saver_with_the_ps_on_a_node_local_disk_leaves_an_unusable
 def test_scancel_term_across_nodes_saves_requeues_and_loses_no_step(virtual_slurm, digits_data_dir, tmp_path):
     cluster = virtual_slurm
     job_dir = tmp_path / "sigterm"
-    job_id = _submit(cluster, job_dir, digits_data_dir, train_steps=3000, save_steps=1000,
+    # Far more steps than the ~100 this test waits for, so that the TERM lands mid-training.
+    job_id = _submit(cluster, job_dir, digits_data_dir, train_steps=1000, save_steps=1000,
                      sbatch_args=["--ntasks=4"])
     _wait_for_chief_step_without_save(job_dir, job_id, 100, 240, cluster.env)
     subprocess.run(["scancel", "--signal=TERM", job_id], env=cluster.env, check=True, timeout=30)
@@ -196,11 +197,11 @@ def test_scancel_term_across_nodes_saves_requeues_and_loses_no_step(virtual_slur
     first = _chief_log(job_dir, job_id, 0)
     assert re.search(r"Stopping at step \d+ after a final save: SIGTERM", first), first[-3000:]
     saved_step = _saved_steps(first)[-1]
-    assert saved_step < 2900
+    assert saved_step < 900
     resumed = _chief_log(job_dir, job_id, 1)
     assert f"resuming from {cluster.lustre / job_dir.name}/ckpt-{saved_step}/" in resumed
     done = re.search(r"done: (\d+) steps \((\d+) this run\)", resumed)
-    assert int(done.group(1)) >= 3000 and int(done.group(1)) - int(done.group(2)) == saved_step
+    assert int(done.group(1)) >= 1000 and int(done.group(1)) - int(done.group(2)) == saved_step
     assert _verify(cluster.shared / job_dir.name).returncode == 0
 
 
@@ -222,7 +223,7 @@ def test_a_failed_node_requeues_the_job_which_resumes_from_the_newest_intact_che
     job_dir = tmp_path / f"nodefail-{victim}"
     save_steps = 100
     # 3 training tasks, one per node: chief node1, worker node2, ps node3.
-    job_id = _submit(cluster, job_dir, digits_data_dir, train_steps=1000, save_steps=save_steps,
+    job_id = _submit(cluster, job_dir, digits_data_dir, train_steps=600, save_steps=save_steps,
                      sbatch_args=["--ntasks=4"])
     _wait_for_chief_step(job_dir, job_id, 150, 240, cluster.env)
     cluster.kill_node(victim)
@@ -246,7 +247,7 @@ def test_a_failed_node_requeues_the_job_which_resumes_from_the_newest_intact_che
     assert resumed_from >= newest_saved  # The newest intact checkpoint of the failed run.
     assert last_step - resumed_from <= save_steps + 20  # At most one save interval (plus async slack).
     done = re.search(r"done: (\d+) steps", resumed)
-    assert int(done.group(1)) >= 1000
+    assert int(done.group(1)) >= 600
     assert _verify(cluster.shared / job_dir.name).returncode == 0
     print(f"{victim}: killed at step {last_step}, resumed from {resumed_from}, "
           f"job completed {time.monotonic() - killed_at:.0f}s after the kill")

@@ -67,8 +67,10 @@ def _export_from_values(values):
         raise ExportError("--model_dir is required (or --checkpoint=PATH): the training run to export")
     if not own["export_dir"]:
         raise ExportError("--export_dir is required: where the SavedModel goes")
+    # --checkpoint=.../ckpt-<N> alone still finds its run's record.
+    model_dir = own["model_dir"] or _eval_checkpoints.model_dir_of(own["checkpoint"])
     setup = _eval_setup.setup_for_model_dir(values["model"], data_values, values["explicit"],
-                                            own["model_dir"], need_dataset=False, split_flag="--eval_split")
+                                            model_dir, need_dataset=False, split_flag="--eval_split")
     step, prefix = _eval_checkpoints.resolve(own["model_dir"], own["checkpoint"])
     # Refused before any work, so a mistaken command costs nothing.
     refuse_existing(version_dir(own["export_dir"], step), own["overwrite"])

@@ -32,6 +32,13 @@ each process sees exactly one GPU, and install ``bwtf[gpu]``. ``--precision=bf16
 suits A100/H100; ``fp16`` (with dynamic loss scaling) suits V100; ``--xla``
 compiles the model on either. ps tasks need no GPU (``CUDA_VISIBLE_DEVICES=``).
 
+Before its first checkpoint the chief writes the run record ``<model_dir>/run.json``
+(model, graph settings, dataset and class list, flags, cluster); bwtf-eval,
+bwtf-export and ``bwtf-ckpt inspect`` need only ``--model_dir`` because of it, and
+a restarted chief whose flags would change the graph is refused naming both
+values. ``--warm_start_from=M_OR_CKPT`` fine-tunes: a new run starts at step 0
+from another run's verified checkpoint (see ``training.warm_start``).
+
 Exit codes: 0 done; 2 bad flags, data, cluster or checkpoint (one-line message,
 nothing started); ``bwtf.ckpt.EXIT_REQUEUE`` (75) when stopped by a signal or
 the walltime after a final checkpoint (ps-cluster workers too, after their

@@ -44,14 +44,15 @@ def define_flags(flag_values=flags.FLAGS):
         "model_dir": flags.DEFINE_string(
             "model_dir", None, "The training run to export from.", flag_values=flag_values),
         "export_dir": flags.DEFINE_string(
-            "export_dir", None, "Where the SavedModel goes (a new directory).",
+            "export_dir", None, "Where the SavedModel goes: a version folder <export_dir>/<step>/.",
             flag_values=flag_values),
         "checkpoint": _eval_setup.define_checkpoint_flag(flag_values),
         "overwrite": flags.DEFINE_bool(
-            "overwrite", False, "Replace an existing --export_dir.", flag_values=flag_values),
+            "overwrite", False, "Replace an existing version folder of the same step.", flag_values=flag_values),
         "labels_file": flags.DEFINE_string(
             "labels_file", None, "Synset words file (LOC_synset_mapping.txt or words.txt) for "
-            "the label text; default: the dataset's own label_text.", flag_values=flag_values),
+            "the label text; default: the run record's class words (else the dataset's "
+            "label_text).", flag_values=flag_values),
     })
     return {"model": _flags.define_model_flags(flag_values),
             "data": _flags.define_data_flags(flag_values), "export": own}

@@ -90,7 +90,6 @@ def cmd_inspect(path, as_json):
         directory = str(path).rstrip("/")
         record = run_record.read_record(directory.rpartition("/")[0] or "/")
     else:
-        _require_model_dir(path)
         record = run_record.read_record(path)
         ref = commit.latest_intact_checkpoint(path)
         if ref is None:

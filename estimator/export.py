@@ -47,14 +47,15 @@ def define_flags(flag_values=flags.FLAGS):
         "model_dir": flags.DEFINE_string(
             "model_dir", None, "The training run to export from.", flag_values=flag_values),
         "export_dir": flags.DEFINE_string(
-            "export_dir", None, "Where the SavedModel goes (a new directory).",
+            "export_dir", None, "Where the SavedModel goes: a version folder <export_dir>/<step>/.",
             flag_values=flag_values),
         "checkpoint": _eval_setup.define_checkpoint_flag(flag_values),
         "overwrite": flags.DEFINE_bool(
-            "overwrite", False, "Replace an existing --export_dir.", flag_values=flag_values),
+            "overwrite", False, "Replace an existing version folder of the same step.", flag_values=flag_values),
         "labels_file": flags.DEFINE_string(
             "labels_file", None, "Synset words file (LOC_synset_mapping.txt or words.txt) for "
-            "the label text; default: the dataset's own label_text.", flag_values=flag_values),
+            "the label text; default: the run record's class words (else the dataset's "
+            "label_text).", flag_values=flag_values),
     })
     return {"export": own, "model": _flags.define_model_flags(flag_values),
             "data": _flags.define_data_flags(flag_values, only=_DATA_FLAGS)}
@@ -66,8 +67,10 @@ def _export_from_values(values):
         raise ExportError("--model_dir is required (or --checkpoint=PATH): the training run to export")
     if not own["export_dir"]:
         raise ExportError("--export_dir is required: where the SavedModel goes")
+    # --checkpoint=.../ckpt-<N> alone still finds its run's record.
+    model_dir = own["model_dir"] or _eval_checkpoints.model_dir_of(own["checkpoint"])
     setup = _eval_setup.setup_for_model_dir(values["model"], data_values, values["explicit"],
-                                            own["model_dir"], need_dataset=False, split_flag="--eval_split")
+                                            model_dir, need_dataset=False, split_flag="--eval_split")
     step, prefix = _eval_checkpoints.resolve(own["model_dir"], own["checkpoint"])
     # Refused before any work, so a mistaken command costs nothing.
     refuse_existing(version_dir(own["export_dir"], step), own["overwrite"])

@@ -40,6 +40,13 @@ commits, evaluations and the final summary; the task's full log (TensorFlow's
 included) goes to MODEL_DIR/logs/<role>.log, or $BWTF_LOG_DIR/<role>.log when
 the batch job sets it. -v 0 shows the full log on the console instead.
 
+Before its first checkpoint the chief writes the run record ``<model_dir>/run.json``
+(model, graph settings, dataset and class list, flags, cluster); bwtf-eval,
+bwtf-export and ``bwtf-ckpt inspect`` need only ``--model_dir`` because of it, and
+a restarted chief whose flags would change the graph is refused naming both
+values. ``--warm_start_from=M_OR_CKPT`` fine-tunes: a new run starts at step 0
+from another run's verified checkpoint (see ``training.warm_start``).
+
 Exit codes:
   0   done
   1   an evaluator stopped after --eval_timeout_secs without the final checkpoint

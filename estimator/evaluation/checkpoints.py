@@ -49,6 +49,21 @@ def _inside_bwtf_checkpoint(path):
     return False
 
 
+def model_dir_of(checkpoint):
+    """The model_dir holding a ``ckpt-<N>`` directory or a prefix inside one; None otherwise."""
+    if checkpoint in (None, "", "latest"):
+        return None
+    path = checkpoint.rstrip("/")
+    directory = path if step_of_name(os.path.basename(path)) is not None else os.path.dirname(path)
+    if step_of_name(os.path.basename(directory)) is None:
+        return None
+    return os.path.dirname(directory)
+
+
+def step_of_name(name):
+    return int(name[5:]) if name.startswith("ckpt-") and name[5:].isdigit() else None
+
+
 def resolve(model_dir, checkpoint="latest"):
     """(step, prefix) of the checkpoint to evaluate; raises NoCheckpointError.
 

@@ -100,8 +100,8 @@ def setup_for_model_dir(model_values, data_values, explicit, model_dir, split=No
                          "and data flags describe the model", model_dir)
         return model_setup(model_values, data_values, model_dir, split or data_values["eval_split"],
                            batch_size, split_flag=split_flag)
+    model = _record.recorded_model(record.data, record.path)
     _record.refuse_contradictions(record.data, record.path, explicit)
-    model = _record.recorded_model(record.data)
     recorded = record.data.get("dataset", {})
     synthetic = bool(explicit.get("use_synthetic_data", recorded.get("synthetic")))
     dataset = dataclasses.replace(

@@ -154,8 +154,26 @@ def refuse_contradictions(record, record_path, explicit):
                 "model), or point --model_dir at the run you mean")
 
 
-def recorded_model(record):
+def _require_fields(record, record_path):
+    """Raises RecordMismatchError unless the record has what recorded_model and the jobs read."""
+    model, dataset, classes = record.get("model"), record.get("dataset"), record.get("classes", [])
+    problems = []
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not all(
+            isinstance(model.get(key), int) for key in ("image_size", "num_classes")):
+        problems.append("a 'model' with name, image_size and num_classes")
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
+        problems.append("a 'dataset' with its name")
+    if not isinstance(classes, list) or not all(isinstance(c, dict) for c in classes):
+        problems.append("'classes' as a list of {name, text}")
+    if problems:
+        raise RecordMismatchError(
+            f"run record {record_path} lacks {' and '.join(problems)} (edited by hand?); restore it, or "
+            "delete it and give the model flags explicitly")
+
+
+def recorded_model(record, record_path="run.json"):
     """The ModelConfig the record describes, with its class names and words."""
+    _require_fields(record, record_path)
     model = record["model"]
     classes = record.get("classes", [])
     names = tuple(c.get("name", "") for c in classes)

@@ -183,14 +183,20 @@ def _check_before_training(job, values):
     # an older chief) and pointers repaired from the checkpoints themselves,
     # before Estimator or a worker reads them.
     latest = ckpt.take_ownership(job.train.model_dir)
-    if record is None or latest is None:
+    return _with_run_record(job, values, record if latest is not None else None)
+
+
+def _with_run_record(job, values, kept_record):
+    """Writes run.json (unless ``kept_record``, a resumed run's, stays); returns the job whose
+    saves name the record's digest in each manifest."""
+    if kept_record is None:
         data = _record.build_record(job.train, job.data, _jsonable(values), job.role,
                                     job.warm_start.describe() if job.warm_start else None)
         digest = _record_file.write_record(job.train.model_dir, data)
         logging.info("run record %s written (%s)", os.path.join(job.train.model_dir, _record_file.RECORD_FILE),
                      digest)
     else:
-        digest = record.digest
+        digest = kept_record.digest
     policy = dataclasses.replace(job.train.checkpoint_policy,
                                  manifest_extra=((_record_file.MANIFEST_KEY, digest),))
     return dataclasses.replace(job, train=dataclasses.replace(job.train, checkpoint_policy=policy))

@@ -43,9 +43,25 @@ def test_restore_into_another_class_count_is_refused_before_training(train_flags
     assert train.run_task(train_flags(*_SYNTHETIC, f"--model_dir={tmp_path}", "--train_steps=2")) == 0
     values = train_flags(*_SYNTHETIC[:2], "--num_classes=5", *_SYNTHETIC[3:], f"--model_dir={tmp_path}",
                          "--train_steps=4")
-    with pytest.raises(model_fn.CheckpointMismatchError, match="5 classes"):
+    # The run record names both values before any variable is compared.
+    with pytest.raises(config.ConfigError, match="--num_classes=5 but this model_dir was trained with "
+                                                 "--num_classes=10"):
         train.run_task(values)
     assert ckpt.latest_intact_checkpoint(str(tmp_path)).step == 2, "nothing may be trained or written"
+
+
+def test_a_record_without_any_checkpoint_is_rewritten_by_the_next_chief(train_flags, tmp_path):
+    import json
+    import shutil
+
+    assert train.run_task(train_flags(*_SYNTHETIC, f"--model_dir={tmp_path}", "--train_steps=2")) == 0
+    for name in os.listdir(tmp_path):  # as if the first chief died before its first checkpoint
+        if name.startswith("ckpt-") or name in ("LATEST", "checkpoint"):
+            shutil.rmtree(tmp_path / name) if (tmp_path / name).is_dir() else os.remove(tmp_path / name)
+    values = train_flags(*_SYNTHETIC[:2], "--num_classes=5", *_SYNTHETIC[3:], f"--model_dir={tmp_path}",
+                         "--train_steps=2")
+    assert train.run_task(values) == 0
+    assert json.loads((tmp_path / "run.json").read_text())["model"]["num_classes"] == 5
 
 
 def _under_a_file(tmp_path):

@@ -85,7 +85,7 @@ def _bad_eval_cases(trained_run, copy_run, tmp_path, seven_class_checkpoint):
     model = [f for f in trained_run.model_flags if not f.startswith("--model=")]
     return {
         "other_model": ([*model, "--model=resnet50", f"--model_dir={model_dir}"],
-                        "was not written by model 'resnet50'"),
+                        "--model=resnet50 contradicts the run record"),
         "other_class_count": ([*trained_run.model_flags, f"--model_dir={model_dir}",
                                f"--checkpoint={seven_class_checkpoint}"],
                               "with 10 classes"),

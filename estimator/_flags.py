@@ -164,7 +164,7 @@ def define_checkpoint_flags(flag_values=flags.FLAGS, only=None):
                                                    lower_bound=1, flag_values=f),
         keep_checkpoints=lambda f: flags.DEFINE_integer("keep_checkpoints", 5, "Newest checkpoints kept.", lower_bound=1,
                                               flag_values=f),
-        ckpt_staging_dir=flags.DEFINE_string(
+        ckpt_staging_dir=lambda f: flags.DEFINE_string(
             "ckpt_staging_dir", None, "gs:// model_dir only: local directory where a checkpoint is staged "
             "before upload and downloaded for restore (default: the temporary directory).", flag_values=f),
     )

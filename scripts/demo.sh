@@ -53,7 +53,7 @@ step "2/5 build the TFDS dataset"
 step "3/5 train on localhost: 1 ps, chief, 1 worker, evaluator"
 "$bin/bwtf-launch" --num_ps=1 --num_workers=2 --evaluator -- --flagfile="$out/job.flags" ${verbose[@]+"${verbose[@]}"} \
     --batch_size=32 --train_steps=1500 --save_checkpoints_steps=500 --keep_checkpoints=3 --eval_throttle_secs=5 \
-    --log_every_steps=250
+    --log_every_steps=400
 
 step "4/5 evaluate the newest intact checkpoint"
 # The model_dir describes itself (run.json): evaluation and export need nothing else.
@@ -68,11 +68,7 @@ precision=$("$bin/python" -c 'import json, sys; print("%.4f" % json.load(open(sy
 cat <<SUMMARY
 == demo finished in $(( SECONDS - installed )) s after installation ($(( SECONDS - started )) s in all)
 precision@1 on the validation split: $precision
-  archive      $out/archive
-  dataset      $out/tfds
-  checkpoints  $out/model   (bwtf-ckpt list $out/model)
-  evaluation   $out/eval.json
-  SavedModel   $saved_model   (version folders under $out/export)
-  job flags    $out/job.flags
-  full logs    $out/model/logs   (tensorboard --logdir $out/model)
+  data     archive $out/archive, dataset $out/tfds
+  run      $out/model: checkpoints (bwtf-ckpt list), full logs in logs/ (or tensorboard --logdir)
+  results  $out/eval.json, SavedModel $saved_model, job flags $out/job.flags
 SUMMARY

@@ -27,7 +27,6 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from absl import logging
 
-import bwtf
 from bwtf.estimator.evaluation import history as _eval_history
 
 
@@ -101,7 +100,7 @@ def run_loop(
     last_progress = clock()
     while True:
         if _reached_final(done, config.final_step):
-            logging.info("final step %d evaluated; the evaluator stops", config.final_step, extra=bwtf.FILE_ONLY)
+            logging.info("final step %d evaluated; the evaluator stops", config.final_step)
             return LoopOutcome("final", evaluated)
         pending = pending_checkpoints(list_intact(), done)
         if pending:

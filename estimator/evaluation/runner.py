@@ -27,6 +27,7 @@ evaluating on several processes at once, and object-store model_dirs for the
 history file (it is appended to in place).
 """
 import dataclasses
+import json
 import time
 from typing import Optional
 
@@ -165,7 +166,7 @@ def evaluate_continuously(job, final_step=None, idle_timeout_secs=3600.0, poll_s
         record = evaluator(step, prefix)
         if record is not None:
             _check_count(job, record, sizes)
-            _log_record(record)
+            print(json.dumps(record, sort_keys=True), flush=True)
         return record
 
     loop_config = _eval_loop.LoopConfig(

@@ -21,7 +21,8 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
         self._fetches = {"loss": loss, "lr": learning_rate, "precision_at_1": precision_at_1}
         self._config = config
         self._summary_dir = summary_dir
-        # The chief (the task that writes summaries) speaks for the job on the console.
+        # Every task's progress stays on the console (a stalled worker shows); its
+        # end-of-run tally is the chief's business there (the one that writes summaries).
         self._console = None if summary_dir else bwtf.FILE_ONLY
         # An async worker's step moves the global step by one with its own batch;
         # synchronous and collective steps consume every worker's batch at once
@@ -65,8 +66,7 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
             "step %d/%d loss %.4f lr %.5f precision@1(train) %.3f | %.1f images/s this worker, "
             "%.1f images/s job, %.2f steps/s, ETA %s",
             global_step, self._config.train_steps, values["loss"], values["lr"],
-            values["precision_at_1"], worker_images, job_images, steps_per_sec, _duration(eta),
-            extra=self._console)
+            values["precision_at_1"], worker_images, job_images, steps_per_sec, _duration(eta))
         self._write_summaries(global_step, worker_images, job_images, steps_per_sec)
         self._last = (now, self._local_steps, global_step)
 

@@ -31,14 +31,18 @@ launcher does: ``srun --gpus-per-task=1``, or the local rank under mpiexec) so
 each process sees exactly one GPU, and install ``bwtf[gpu]``. ``--precision=bf16``
 suits A100/H100; ``fp16`` (with dynamic loss scaling) suits V100; ``--xla``
 compiles the model on either. ps tasks need no GPU (``CUDA_VISIBLE_DEVICES=``).
+Under ``--distribution=collective`` a worker that sees several GPUs is refused
+(exit 2): the strategy would make one replica per GPU and the learning rate and
+input sharding count one per worker.
 
 Exit codes: 0 done; 2 bad flags, data, cluster or checkpoint (one-line message,
 nothing started); ``bwtf.ckpt.EXIT_REQUEUE`` (75) when stopped by a signal or
 the walltime after a final checkpoint (ps-cluster workers too, after their
 current step, and the evaluator on a signal, after its current evaluation); an evaluator exits 1 when
 ``--eval_timeout_secs`` passed without the final checkpoint; a ps returns its
-lifecycle's code, and a ps-cluster worker exits 70
-(``cluster.ps_lifecycle.EXIT_CHIEF_VANISHED``) when its chief vanished.
+lifecycle's code, and a worker exits 70
+(``cluster.ps_lifecycle.EXIT_CHIEF_VANISHED``) when its chief vanished (after
+60 s in a ps cluster, 10 s under collective, where nothing can go on without it).
 
 Deliberately left out: launching the other tasks (``bwtf-launch``), one-shot
 evaluation and export (``bwtf-eval``, ``bwtf-export``).

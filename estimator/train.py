@@ -29,7 +29,9 @@ BWTF_GPUS_PER_NODE=4); each task keeps the one that matches its place among
 the node's training tasks and logs it with its node (see
 bwtf.estimator.cluster.roles.visible_devices); install bwtf[gpu].
 --precision=bf16 suits A100/H100; fp16 (with dynamic loss scaling) suits V100;
---xla compiles the model on either.
+--xla compiles the model on either. Under --distribution=collective a worker
+that sees several GPUs is refused (exit 2): the strategy would make one replica
+per GPU, and the learning rate and input sharding count one per worker.
 
 Signals: SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) all mean "save at the current
 step and exit 75"; a SIGINT is turned into a SIGTERM, so no task ever ends in
@@ -51,7 +53,8 @@ Exit codes:
   0   done
   1   an evaluator stopped after --eval_timeout_secs without the final checkpoint
   2   bad flags, data, cluster or checkpoint (one line; nothing was started)
-  70  a ps or worker whose chief vanished
+  70  a ps or worker whose chief vanished (a worker after 60 s in a ps cluster, 10 s under
+      collective, where nothing can go on without it)
   73  the chief was fenced off by a newer chief of the same --model_dir
   75  stopped by a signal or the walltime after a final checkpoint: requeue me
 """

@@ -53,6 +53,9 @@ _HELP_ARGS = ("-h", "--help", "-?", "--helpshort", "-help")
 _HELPFULL_ARGS = ("--helpfull",)
 _BWTF_ROOT = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _CONSOLE = {"stream": None, "verbose": False}
+# tf.estimator's own line with an evaluation's metrics ("... precision_at_1 = 0.95 ..."),
+# which users and their scripts know from every Estimator program.
+_ESTIMATOR_RESULTS = "Saving dict for global step"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +150,10 @@ def _check_args(spec, args):
 
 
 class _ConsoleFilter(logging.Filter):
-    """bwtf's own records at INFO and up, anyone's at ERROR and up; everything when verbose."""
+    """bwtf's own records at INFO and up, the Estimator's evaluation results, anyone's errors.
+
+    Everything passes when verbose.
+    """
 
     def filter(self, record):
         if _CONSOLE["verbose"]:
@@ -155,6 +161,8 @@ class _ConsoleFilter(logging.Filter):
         if record.levelno < logging.WARNING and not getattr(record, "console", True):
             return False
         if record.levelno >= logging.ERROR:
+            return True
+        if record.levelno == logging.INFO and str(record.msg).startswith(_ESTIMATOR_RESULTS):
             return True
         return record.levelno >= logging.INFO and record.pathname.startswith(_BWTF_ROOT)
 

@@ -134,12 +134,6 @@ def _dataset_sizes(job):
     return inputs.dataset_metadata(job.dataset, splits=[job.split]).split_sizes
 
 
-def _log_record(record):
-    logging.info("evaluation of step %d on %s: precision@1 %.4f precision@5 %.4f loss %.4f (%d examples)",
-                 record["global_step"], record["split"], record["precision_at_1"], record["precision_at_5"],
-                 record["loss"], record["num_examples"])
-
-
 def evaluate_once(job, checkpoint="latest"):
     """Evaluates one checkpoint over the whole split; returns the result record."""
     sizes = _dataset_sizes(job)
@@ -148,7 +142,6 @@ def evaluate_once(job, checkpoint="latest"):
     if record is None:
         raise EvalError(f"checkpoint {prefix} disappeared during the evaluation; run again")
     _check_count(job, record, sizes)
-    _log_record(record)
     return record
 
 

@@ -217,3 +217,25 @@ def test_bad_input_writes_nothing_and_says_why(trained_run, tmp_path, capsys, ca
     assert len(lines) == 1 and message in lines[0], err[-2000:]
     assert not export_dir.exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_serving_crops_like_the_evaluation_of_its_model(exported, imagenet_samples_dir, trained_run, tmp_path):
+    """Non-square real JPEGs: the export's probabilities are the model's on inputs.eval_image_from_bytes
+    with the model's own eval crop (small_cnn: the ResNet protocol, not Inception's squash)."""
+    import tensorflow as tf
+
+    from bwtf.estimator import config, inputs, model_fn, models
+
+    samples = _sample_jpegs(imagenet_samples_dir)
+    served = _saved_model_cli_run(exported, samples, tmp_path)["probabilities"]
+    with open(os.path.join(exported, export.METADATA_FILE)) as stream:
+        assert json.load(stream)["eval_crop"] == models.eval_crop("small_cnn") == "resize_shorter_side"
+    model = config.ModelConfig("small_cnn", served.shape[1], 32)
+    with tf.Graph().as_default():
+        images = tf.stack([inputs.eval_image_from_bytes(jpeg, 32, "resize_shorter_side") for jpeg in samples])
+        probabilities = tf.nn.softmax(model_fn.build_logits(images, model, training=False))
+        with tf.compat.v1.Session() as session:
+            tf.compat.v1.train.Saver().restore(
+                session, os.path.join(trained_run.model_dir, "ckpt-60", "model.ckpt-60"))
+            expected = session.run(probabilities)
+    np.testing.assert_allclose(served, expected, atol=1e-5)

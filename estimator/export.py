@@ -106,7 +106,7 @@ def main(argv, cli_flags):
 
 def run():
     cli_flags = define_flags()
-    program.run_with_groups(_export, _program(cli_flags), cli_flags)
+    program.run_with_groups(functools.partial(_export, cli_flags=cli_flags), _program(cli_flags), cli_flags)
 
 
 if __name__ == "__main__":

@@ -59,10 +59,12 @@ Exit codes:
   75  stopped by a signal or the walltime after a final checkpoint: requeue me
 """
 import os
+import shutil
 import signal
 
 from absl import flags
 
+import bwtf
 from bwtf import program
 from bwtf.estimator import _flags
 from bwtf.estimator.training import task
@@ -104,11 +106,24 @@ def _sigint_means_sigterm():
     signal.signal(signal.SIGINT, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
+def _remove_if_only_logs(model_dir):
+    """Bad input leaves nothing behind: a model_dir this task created holds only its log then."""
+    if sorted(os.listdir(model_dir)) == ["logs"]:
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+
 def main(args):
     del args  # every setting is a flag
     _sigint_means_sigterm()
     values = flag_values()
-    return task.run_task(values, on_role=lambda role: _log_file(role, values["train"]["model_dir"]))
+    model_dir = values["train"]["model_dir"]
+    created_here = bool(model_dir) and "://" not in model_dir and not os.path.exists(model_dir)
+    try:
+        return task.run_task(values, on_role=lambda role: _log_file(role, model_dir))
+    except bwtf.UserError:
+        if created_here and os.path.isdir(model_dir):
+            _remove_if_only_logs(model_dir)
+        raise
 
 
 PROGRAM = program.Program(

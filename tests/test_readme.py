@@ -121,7 +121,11 @@ def test_build_commands_run_as_written(tmp_path):
 
 @pytest.mark.parametrize("section", ["Train on Slurm", "Train on PBS (PBS Pro or Cray ALPS)"])
 def test_batch_examples_hand_bwtf_train_flags_it_accepts(section):
-    (block,) = _blocks()[section]
+    for block in _blocks()[section]:
+        _check_batch_flags(block)
+
+
+def _check_batch_flags(block):
     command = " ".join(block.replace("\\\n", " ").split())
     if "sbatch" in command:
         flags = command.split("scripts/train.sbatch", 1)[1].split()

@@ -164,7 +164,14 @@ class _ConsoleFilter(logging.Filter):
             return True
         if record.levelno == logging.INFO and str(record.msg).startswith(_ESTIMATOR_RESULTS):
             return True
-        return record.levelno >= logging.INFO and record.pathname.startswith(_BWTF_ROOT)
+        return record.levelno >= logging.INFO and _is_bwtf_source(record.pathname)
+
+
+def _is_bwtf_source(path):
+    """A file of bwtf itself; not a library in a virtualenv that happens to live inside the checkout."""
+    if not path.startswith(_BWTF_ROOT):
+        return False
+    return not {"site-packages", "dist-packages"} & set(path[len(_BWTF_ROOT):].split(os.sep))
 
 
 class _ConsoleFormatter(logging.Formatter):

@@ -40,6 +40,9 @@ _UPSCALE = 8  # 8x8 digits -> 64x64 images
 _VALIDATION_EVERY = 5
 _SYNSET_FILE = re.compile(r"^(n\d{8})_(.*)\.jpe?g$", re.IGNORECASE)
 
+# The name of Kaggle's download, which the builder's plan looks for in manual_dir.
+_KAGGLE_ZIP_NAME = "imagenet-object-localization-challenge.zip"
+
 
 class SampleArchiveError(bwtf.UserError, ValueError):
     """The requested sample archive cannot be written (bad layout, source or output)."""
@@ -206,9 +209,8 @@ def _kaggle_members(images, words):
 
 
 def _write_kaggle(out, images, words):
-    from bwtf.data.imagenet_archive import _kaggle
 
-    with zipfile.ZipFile(out / _kaggle.ZIP_NAME, "w", zipfile.ZIP_DEFLATED) as bundle:
+    with zipfile.ZipFile(out / _KAGGLE_ZIP_NAME, "w", zipfile.ZIP_DEFLATED) as bundle:
         for name, data in _kaggle_members(images, words):
             bundle.writestr(zipfile.ZipInfo(name, date_time=(2019, 1, 1, 0, 0, 0)), data,
                             compress_type=zipfile.ZIP_DEFLATED)

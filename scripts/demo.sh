@@ -52,7 +52,7 @@ step "2/5 build the TFDS dataset"
 
 step "3/5 train on localhost: 1 ps, chief, 1 worker, evaluator"
 "$bin/bwtf-launch" --num_ps=1 --num_workers=2 --evaluator -- --flagfile="$out/job.flags" ${verbose[@]+"${verbose[@]}"} \
-    --batch_size=32 --train_steps=1500 --save_checkpoints_steps=500 --keep_checkpoints=3 --eval_throttle_secs=5 \
+    --batch_size=32 --train_steps=1500 --save_checkpoints_steps=750 --keep_checkpoints=3 --eval_throttle_secs=5 \
     --log_every_steps=400
 
 step "4/5 evaluate the newest intact checkpoint"

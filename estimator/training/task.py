@@ -424,7 +424,9 @@ def _give_devices(role):
     devices = cluster.visible_devices(role, os.environ)
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    logging.info("%s", cluster.describe_placement(role, os.environ))
+    # Where a task runs matters under a scheduler; under bwtf-launch every task is on this host.
+    logging.info("%s", cluster.describe_placement(role, os.environ),
+                 extra=None if role.source in ("slurm", "pbs") else bwtf.FILE_ONLY)
 
 
 def run_task(values, on_role=None):

@@ -44,7 +44,6 @@ import time
 import tensorflow as tf
 from tensorflow.python.training.saving import saveable_object_util
 
-import bwtf
 from bwtf.ckpt import _failpoints
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
@@ -391,7 +390,7 @@ class GatheredSaver:
                             save_path, e, fallback)
                 save_path = fallback
         self.last_restored = (save_path, step)
-        log.info("Restored %s (group by group on the chief).", save_path, extra=bwtf.FILE_ONLY)
+        log.info("Restored %s (group by group on the chief).", save_path)
 
     def _restore_verified(self, sess, save_path):
         """Restores a bwtf checkpoint while its checksums are verified in a

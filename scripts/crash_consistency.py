@@ -372,6 +372,14 @@ def _bwtf_train(model_dir, **env):
     return run.returncode, run.stdout + run.stderr
 
 
+def _text_of(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
 def _manifest_bytes(model_dir, step):
     with open(os.path.join(model_dir, f"ckpt-{step}", "MANIFEST.json"), "rb") as f:
         return f.read()
@@ -412,7 +420,9 @@ def scenario_train_pointer_crash(args, workdir, tf, ckpt, summary):
     code, log = _bwtf_train(model_dir)
     if code != 0:
         return f"the rerun exited {code}: {log[-2000:]}"
-    if "ckpt-2/model.ckpt-2 (step 2)" not in log or "Restored " not in log:
+    # The restore's own line goes to the task's full log file, not the console.
+    full_log = log + _text_of(os.path.join(model_dir, "logs", "chief.log"))
+    if "ckpt-2/model.ckpt-2 (step 2)" not in log or "Restored " not in full_log:
         return f"the rerun did not restore ckpt-2: {log[-2000:]}"
     steps = [s.step for s in ckpt.list_checkpoints(model_dir) if s.intact]
     if _manifest_bytes(model_dir, 2) != first or steps != [2, 4, 6]:

@@ -118,6 +118,9 @@ __version__ = "0.1.0"
 # Pass as ``extra=`` to a logging call whose line belongs in the log file only, not on the
 # console (bwtf.program's console filter drops it unless -v is given).
 FILE_ONLY = {"console": False}
+# ``extra=bwtf.CONSOLE``: a record of bwtf's own that reaches the console even when TensorFlow runs
+# it from a generated file (autograph under a distribution strategy).
+CONSOLE = {"console": True}
 
 EXIT_OK = 0
 EXIT_FAILED = 1

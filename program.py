@@ -160,6 +160,8 @@ class _ConsoleFilter(logging.Filter):
             return True
         if record.levelno < logging.WARNING and not getattr(record, "console", True):
             return False
+        if getattr(record, "console", None) is True:
+            return True
         if record.levelno >= logging.ERROR:
             return True
         if record.levelno == logging.INFO and str(record.msg).startswith(_ESTIMATOR_RESULTS):

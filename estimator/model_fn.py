@@ -198,8 +198,15 @@ def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief):
 
 
 def _log_parameter_count(model_name):
+    if model_name in _COUNTED:
+        return
+    _COUNTED.add(model_name)
     count = models.parameter_count(tf.compat.v1.trainable_variables(MODEL_SCOPE))
-    logging.log_first_n(logging.INFO, "%s: %s trainable parameters", 1, model_name, f"{count:,}")
+    logging.info("%s: %s trainable parameters", model_name, f"{count:,}", extra=bwtf.CONSOLE)
+
+
+# Models whose parameter count this process has logged: once is enough.
+_COUNTED = set()
 
 
 def _policy(config):

@@ -32,12 +32,11 @@ def _statuses(output):
 
 
 def _chief_steps(output):
-    return [int(s) for s in re.findall(r"^\[chief\] .*progress\.py:\d+\] step (\d+)/", output, re.M)]
+    return [int(s) for s in re.findall(r"^\[chief\] .*(?:\]|\d\d:\d\d:\d\d) step (\d+)/", output, re.M)]
 
 
 def _wait_for_chief_step(run, at_least, timeout_secs):
-    run.wait_for_line("progress.py:", timeout_secs)
-    pattern = re.compile(r"^\[chief\] .*\] step (\d+)/", re.M)
+    pattern = re.compile(r"^\[chief\] .*(?:\]|\d\d:\d\d:\d\d) step (\d+)/", re.M)
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
         steps = [int(s) for s in pattern.findall(run.output())]
@@ -132,7 +131,7 @@ def test_killed_chief_or_worker_is_restarted_and_the_run_completes(
     output = run.output()
     assert f"{task} was killed by SIGKILL; restarting it (1/1)" in output
     after_restart = output.split("restarting it (1/1)")[1]
-    steps_after = [int(s) for s in re.findall(rf"^\[{task}\] .*\] step (\d+)/", after_restart, re.M)]
+    steps_after = [int(s) for s in re.findall(rf"^\[{task}\] .*(?:\]|\d\d:\d\d:\d\d) step (\d+)/", after_restart, re.M)]
     assert steps_after and max(steps_after) > 250  # The restarted task trained again.
     if task == "chief":
         newest = int(re.findall(r"/ckpt-(\d+)/", output.split("restarting it (1/1)")[0])[-1])
@@ -192,7 +191,7 @@ def test_ctrl_c_on_a_single_bwtf_train_saves_and_exits_75(digits_data_dir, tmp_p
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 150
-            while not re.search(r"\] step (1\d\d|[2-9]\d\d)/", log.read_text(errors="replace")):
+            while not re.search(r"(?:\]|\d\d:\d\d:\d\d) step (1\d\d|[2-9]\d\d)/", log.read_text(errors="replace")):
                 assert time.monotonic() < deadline and train.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.2)
             os.killpg(train.pid, signal.SIGINT)

@@ -67,7 +67,7 @@ def _wrapper_line(log):
 
 
 def _chief_steps(log):
-    return [int(s) for s in re.findall(r"\] step (\d+)/", log)]
+    return [int(s) for s in re.findall(r"(?:\]|\d\d:\d\d:\d\d) step (\d+)/", log)]
 
 
 def _saved_steps(log):

@@ -425,8 +425,8 @@ def _give_devices(role):
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     # Where a task runs matters under a scheduler; under bwtf-launch every task is on this host.
-    logging.info("%s", cluster.describe_placement(role, os.environ),
-                 extra=None if role.source in ("slurm", "pbs") else bwtf.FILE_ONLY)
+    scheduled = role.source in ("slurm", "pbs") or any(name in os.environ for name in ("SLURM_JOB_ID", "PBS_JOBID"))
+    logging.info("%s", cluster.describe_placement(role, os.environ), extra=None if scheduled else bwtf.FILE_ONLY)
 
 
 def run_task(values, on_role=None):

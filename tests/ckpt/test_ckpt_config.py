@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
+from ckpt_cluster import release_ownership
+
 from bwtf import ckpt
 from bwtf.ckpt import commit
-from bwtf.ckpt import fence
 from bwtf.ckpt import walltime
 
 
@@ -74,15 +75,6 @@ def _fake(model_dir, step):
     pending.finalize({"layer/w": {"shape": [3, 4], "dtype": "float32"}})
 
 
-def _writer_exits(model_dir):
-    """Makes this process's ownership record look like that of a dead writer."""
-    fence.release_all()
-    for name in os.listdir(model_dir):
-        if name.startswith(".bwtf-owner-"):
-            path = os.path.join(model_dir, name)
-            record = json.load(open(path))
-            record["pid_start"] = "exited"
-            json.dump(record, open(path, "w"))
 
 
 def test_cli_list_inspect_prune(tmp_path):
@@ -92,7 +84,7 @@ def test_cli_list_inspect_prune(tmp_path):
     refused = _cli("prune", model_dir, "--keep_last=1")
     assert refused.returncode == 2 and "owned by a running writer" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    _writer_exits(model_dir)
+    release_ownership(model_dir)
     listed = json.loads(_cli("list", model_dir, "--json").stdout)
     assert [c["step"] for c in listed] == [10, 20, 30] and all(c["intact"] for c in listed)
     inspected = json.loads(_cli("inspect", model_dir, "--json").stdout)

@@ -13,9 +13,10 @@ import sys
 
 import pytest
 
+from ckpt_cluster import release_ownership
+
 from bwtf import ckpt
 from bwtf.ckpt import commit
-from bwtf.ckpt import fence
 from bwtf.ckpt import retention
 
 
@@ -33,15 +34,6 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-def _release(model_dir):
-    """As if the writer had exited: its ownership record names a dead process."""
-    fence.release_all()
-    for name in os.listdir(model_dir):
-        if name.startswith(".bwtf-owner-"):
-            path = os.path.join(model_dir, name)
-            record = json.load(open(path))
-            record["pid_start"] = "exited"
-            json.dump(record, open(path, "w"))
 
 
 class _Inline:
@@ -135,7 +127,7 @@ def test_bad_manifest_is_one_skipped_checkpoint_in_reader_and_cli(tmp_path, name
     assert ckpt.latest_intact_checkpoint(model_dir).step == 2
     statuses = ckpt.list_checkpoints(model_dir, full=True)
     assert [s.intact for s in statuses] == [True, True, False] and reason in statuses[-1].reason
-    _release(model_dir)
+    release_ownership(model_dir)
     if name not in _THROUGH_THE_CLI:  # the reader is the same; a few CLI runs suffice
         ckpt.prune(model_dir, ckpt.CheckpointPolicy(keep_last=1))
         assert [(s.step, s.intact) for s in ckpt.list_checkpoints(model_dir)] == [(2, True), (3, False)]
@@ -174,7 +166,7 @@ def test_verify_full_never_counts_files_outside_the_checkpoint(tmp_path):
         "size": 7, manifest["checksum"]: commit.storage_lib.local_checksum(str(outside),
                                                                            manifest["checksum"])}
     json.dump(manifest, open(os.path.join(model_dir, "ckpt-1", "MANIFEST.json"), "w"))
-    _release(model_dir)
+    release_ownership(model_dir)
     run = _cli("verify", os.path.join(model_dir, "ckpt-1"), "--json")
     assert run.returncode == 1
     report = json.loads(run.stdout)
@@ -189,7 +181,7 @@ def test_non_canonical_names_are_listed_as_they_are_and_never_deleted(tmp_path):
     statuses = ckpt.list_checkpoints(model_dir)
     assert [s.directory.rsplit("/", 1)[-1] for s in statuses] == ["ckpt-009", "ckpt-10"]
     assert not statuses[0].intact and "expected ckpt-9" in statuses[0].reason
-    _release(model_dir)
+    release_ownership(model_dir)
     listed = _cli("list", model_dir)
     assert "ckpt-009" in listed.stdout and "/ckpt-9 " not in listed.stdout
     assert _cli("prune", model_dir, "--keep_last=1").returncode == 0

@@ -30,7 +30,7 @@ Public API (import as ``from bwtf import ckpt``)::
                           keep_every_hours=None, max_group_bytes=256 MiB,
                           walltime_margin_secs=120.0,
                           stop_signals=(SIGTERM, SIGUSR1))   # frozen dataclass
-    ckpt.gathered_scaffold(model_dir, policy, device=None, **scaffold_kwargs)
+    ckpt.gathered_scaffold(model_dir, policy, device=None, quiet_restores=False, **scaffold_kwargs)
         -> tf.compat.v1.train.Scaffold whose saver is a GatheredSaver; call it
            inside an Estimator model_fn (any mode). Save and restore ops run on
            ``device`` (the chief's CPU, "/job:chief/task:0/device:CPU:0";
@@ -50,7 +50,8 @@ Public API (import as ``from bwtf import ckpt``)::
         uncommitted checkpoints with a warning that names the reason. The one
         verified reader: a checkpoint's bytes are checked once per process
         (keyed by its manifest), however many callers ask.
-    ckpt.GatheredSaver(model_dir, policy, device=None, var_list=None, snapshots=True)
+    ckpt.GatheredSaver(model_dir, policy, device=None, var_list=None, snapshots=True,
+                       quiet_restores=False)
         the saver itself (Saver-compatible: build/save/restore/saver_def/...);
         plus save_async(session) -> step, wait(), poll(), last_restored
         ((path, step) of the last restore, after any fallback).

@@ -44,6 +44,8 @@ import time
 import tensorflow as tf
 from tensorflow.python.training.saving import saveable_object_util
 
+import bwtf
+
 from bwtf.ckpt import _failpoints
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
@@ -90,7 +92,7 @@ class GatheredSaver:
     last_checkpoints, recover_last_checkpoints(), export_meta_graph().
     """
 
-    def __init__(self, model_dir, policy, device=None, var_list=None, snapshots=True):
+    def __init__(self, model_dir, policy, device=None, var_list=None, snapshots=True, quiet_restores=False):
         self._store = commit.as_storage(model_dir)
         self._policy = policy
         self._device = device
@@ -99,6 +101,8 @@ class GatheredSaver:
         self._built = False
         self._last_checkpoints = []
         self.last_restored = None  # (path, step) of the last restore
+        # Evaluation and export restore as routine; their result lines name the step.
+        self._restore_log_extra = bwtf.FILE_ONLY if quiet_restores else None
         self.saver_def = None
         # Old checkpoints are unlinked off the save's path (see retention.py).
         self._deleter = futures.ThreadPoolExecutor(1, thread_name_prefix="bwtf-ckpt-prune")
@@ -390,7 +394,7 @@ class GatheredSaver:
                             save_path, e, fallback)
                 save_path = fallback
         self.last_restored = (save_path, step)
-        log.info("Restored %s (group by group on the chief).", save_path)
+        log.info("Restored %s (group by group on the chief).", save_path, extra=self._restore_log_extra)
 
     def _restore_verified(self, sess, save_path):
         """Restores a bwtf checkpoint while its checksums are verified in a
@@ -536,9 +540,12 @@ def _download(store, directory, staging_root=None):
     return os.path.join(local_dir, manifest["prefix"]), local_dir, manifest
 
 
-def gathered_scaffold(model_dir, policy, device=None, **scaffold_kwargs):
-    """A Scaffold whose saver is a GatheredSaver; call it inside the model_fn."""
+def gathered_scaffold(model_dir, policy, device=None, quiet_restores=False, **scaffold_kwargs):
+    """A Scaffold whose saver is a GatheredSaver; call it inside the model_fn.
+
+    ``quiet_restores``: the restore line goes to the full log only, not the console.
+    """
     if "saver" in scaffold_kwargs:
         raise ValueError("gathered_scaffold makes its own saver; do not pass saver=")
-    saver = GatheredSaver(model_dir, policy, device=device)
+    saver = GatheredSaver(model_dir, policy, device=device, quiet_restores=quiet_restores)
     return tf.compat.v1.train.Scaffold(saver=saver, **scaffold_kwargs)

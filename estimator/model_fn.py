@@ -224,7 +224,8 @@ def model_fn(features, labels, mode, params, config=None):
         logits = build_logits(_image_from(features), train_config.model, training, precision)
     if training:
         _log_parameter_count(train_config.model.name)
-    scaffold = ckpt.gathered_scaffold(model_dir, _policy(train_config), device=train_config.checkpoint_device)
+    scaffold = ckpt.gathered_scaffold(model_dir, _policy(train_config), device=train_config.checkpoint_device,
+                                      quiet_restores=not training)
     predictions = _predictions(logits)
     if mode == tf.estimator.ModeKeys.PREDICT:
         return tf.estimator.EstimatorSpec(

@@ -147,7 +147,8 @@ class TaskProcess:
         self.process, self.restarts, self.signalled = None, 0, False
         self._reader = None
 
-    def start(self):
+    def start(self, announce=True):
+        """Starts the process; ``announce=False`` leaves the ``started`` line to the caller."""
         environ = dict(self._environ, PYTHONUNBUFFERED="1")
         if self.spec.tf_config:
             environ["TF_CONFIG"] = self.spec.tf_config
@@ -158,7 +159,11 @@ class TaskProcess:
             stderr=subprocess.STDOUT, start_new_session=True)
         self._reader = threading.Thread(target=self._copy_output, args=(self.process.stdout,), daemon=True)
         self._reader.start()
-        self._output.line("launch", f"started {self.spec.name} (pid {self.process.pid})")
+        if announce:
+            self._output.line("launch", f"started {self.describe()}")
+
+    def describe(self):
+        return f"{self.spec.name} (pid {self.process.pid})"
 
     def _copy_output(self, stream):
         log_file = None
@@ -227,7 +232,8 @@ class Supervisor:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for task in self._tasks:
-                task.start()
+                task.start(announce=False)
+            self._output.line("launch", "started " + ", ".join(task.describe() for task in self._tasks))
             status = self._wait_for_chief()
             if status in (0, ckpt.EXIT_REQUEUE) or self._forwarded > 1:
                 self._wind_down(status)

@@ -3,6 +3,8 @@
     resolve(source="auto", job_name=None, task_index=None, ps_hosts=(),
             worker_hosts=(), num_ps=1) -> ClusterRole   (reads os.environ)
     visible_devices(role, environ) -> str | None   this task's CUDA_VISIBLE_DEVICES
+    log_role(role, environ)                        the one line "cluster role worker:0 (from slurm); ..."
+    under_scheduler(role, environ) -> bool         placed by Slurm or PBS (placement matters)
     describe_placement(role, environ) -> str       "task ps:0 (rank 3) on node3, CUDA_VISIBLE_DEVICES=''"
     place_tasks(hosts, num_ps, base_port, where), expand_hostlist(text), expand_tasks_per_node(text)
     ClusterRole(task_type, task_id, cluster_spec, source)
@@ -464,6 +466,21 @@ def visible_devices(role, environ):
     return gpus[index]
 
 
+def log_role(role, environ):
+    """Logs ``role.describe()``: on the console for the chief, or for any task under a scheduler.
+
+    Under bwtf-launch every task shares one TF_CONFIG, so the chief's line
+    shows the whole cluster; the other tasks' lines go to their full logs.
+    """
+    console = role.is_chief or role.source == "local" or under_scheduler(role, environ)
+    logging.info("%s", role.describe(), extra=None if console else bwtf.FILE_ONLY)
+
+
+def under_scheduler(role, environ):
+    """True when Slurm or PBS placed this task, where it runs matters: the tasks may be on many hosts."""
+    return role.source in ("slurm", "pbs") or any(name in environ for name in ("SLURM_JOB_ID", "PBS_JOBID"))
+
+
 def describe_placement(role, environ):
     """One line naming this task, its scheduler rank, its node and the GPUs it sees."""
     rank = next((environ[name] for name in _SCHEDULER_RANK_VARIABLES if environ.get(name, "").isdigit()), "-")
@@ -485,7 +502,7 @@ def _auto_source(environ, job_name, ps_hosts, worker_hosts):
 
 
 def resolve(source="auto", job_name=None, task_index=None, ps_hosts=(), worker_hosts=(), num_ps=1):
-    """Resolves this process's ClusterRole and logs it once, in one line.
+    """Resolves this process's ClusterRole (``log_role`` logs it, once the task's log file is open).
 
     Raises ClusterError when the chosen source is missing, malformed or
     inconsistent; the message names the flag or variable at fault.
@@ -510,5 +527,4 @@ def resolve(source="auto", job_name=None, task_index=None, ps_hosts=(), worker_h
         role = _from_pbs(environ, num_ps)
     else:
         role = ClusterRole("chief", 0, {}, "local")
-    logging.info("%s", role.describe())
     return role

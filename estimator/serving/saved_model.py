@@ -102,7 +102,7 @@ def _build_and_save(staging_dir, checkpoint_prefix, model_config):
         # since it was chosen falls back to the newest intact one (named below).
         saver = ckpt.GatheredSaver(os.path.dirname(os.path.dirname(checkpoint_prefix)) or ".",
                                    ckpt.CheckpointPolicy(),
-                                   var_list=tf.compat.v1.global_variables(), snapshots=False)
+                                   var_list=tf.compat.v1.global_variables(), snapshots=False, quiet_restores=True)
         saver.build()
         signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
             inputs={serving_signature.INPUT_KEY: jpegs}, outputs=outputs)

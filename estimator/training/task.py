@@ -424,9 +424,9 @@ def _give_devices(role):
     devices = cluster.visible_devices(role, os.environ)
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    # Where a task runs matters under a scheduler; under bwtf-launch every task is on this host.
-    scheduled = role.source in ("slurm", "pbs") or any(name in os.environ for name in ("SLURM_JOB_ID", "PBS_JOBID"))
-    logging.info("%s", cluster.describe_placement(role, os.environ), extra=None if scheduled else bwtf.FILE_ONLY)
+    # Under bwtf-launch every task is on this host.
+    logging.info("%s", cluster.describe_placement(role, os.environ),
+                 extra=None if cluster.under_scheduler(role, os.environ) else bwtf.FILE_ONLY)
 
 
 def run_task(values, on_role=None):
@@ -438,6 +438,7 @@ def run_task(values, on_role=None):
     role = _resolve_role(values["cluster"], values["train"]["distribution"])
     if on_role is not None:
         on_role(role)
+    cluster.log_role(role, os.environ)
     _give_devices(role)
     if role.task_type == "ps":
         return _ps_lifecycle.serve_parameter_server(role)

@@ -48,7 +48,7 @@ def _wait_for_chief_step(run, at_least, timeout_secs):
 
 
 def _pid_of(run, task):
-    return int(re.findall(rf"started {re.escape(task)} \(pid (\d+)\)", run.output())[-1])
+    return int(re.findall(rf"(?:started |, ){re.escape(task)} \(pid (\d+)\)", run.output())[-1])
 
 
 def _verify(model_dir):

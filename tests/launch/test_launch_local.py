@@ -128,12 +128,12 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(start_launch, launch
     run = start_launch(STANDIN + ["--num_ps=0", "--num_workers=2", "--distribution=collective",
                                   "--max_restarts=1", "--", "--steps=60", "--step_secs=0.1"])
     run.wait_for_line("[worker:0] worker:0 step 3", 60)
-    worker_pid = int(re.search(r"started worker:0 \(pid (\d+)\)", run.output()).group(1))
+    worker_pid = int(re.search(r", worker:0 \(pid (\d+)\)", run.output()).group(1))
     subprocess.run(["kill", "-KILL", str(worker_pid)], check=True)
     assert run.wait(90) == 0, run.output()
     output = run.output()
     assert "worker:0 was killed by SIGKILL; restarting it (1/1)" in output
-    assert len(re.findall(r"started worker:0 \(pid", output)) == 2
+    assert len(re.findall(r"(?:started |, )worker:0 \(pid", output)) == 2
     assert _statuses(output)["worker:0"] == "0"
     assert wait_until_gone(launch_mark, 5) == []
 

@@ -33,14 +33,19 @@ part imports a sibling for them (the program shell is ``bwtf.program``):
       EXIT_REQUEUE         75  (EX_TEMPFAIL) stopped by a signal or the walltime after
                                a durable final save: requeue me
 
-* ``write_atomically(path, data)``: readers see the old file or the new one,
-  whole, and the new one survives a crash (fsync of the file, then of its
-  folder). Local paths only; ``bwtf.ckpt.storage`` does the same on object stores.
+* ``write_atomically(path, data, root=run_folder)``: readers see the old file or
+  the new one, whole, and the new one survives a crash (fsync of the file, then
+  of its folder); no symbolic link below the run folder is followed
+  (``open_below`` is the same walk for other opens; ``LinkRefusedError``).
+  Every atomic file write of bwtf goes through it; ``bwtf.ckpt.storage`` uses it
+  for local paths and a single PUT on object stores.
 """
+import errno
 import importlib.metadata
 import importlib.util
 import os
 import pathlib
+import stat
 import uuid
 
 SUPPORTED = "2.15"
@@ -145,26 +150,113 @@ class FencedWriterError(UserError):
     exit_code = EXIT_FENCED
 
 
-def _fsync_folder(folder):
-    handle = os.open(folder, os.O_RDONLY)
+class LinkRefusedError(UserError, OSError):
+    """A path below a run folder is or crosses a symbolic link; bwtf does not follow it."""
+
+
+def _refuse_if_link(error, dir_fd, name, path, root):
+    if error.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK, errno.EEXIST):
+        return
     try:
-        os.fsync(handle)
+        is_link = stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return
+    if is_link:
+        raise LinkRefusedError(
+            errno.ELOOP, f"{path} is or crosses a symbolic link ({name}); bwtf never follows "
+            f"links inside the run folder {root}: remove the link") from None
+
+
+def _parts_below(root, path):
+    rel = os.path.relpath(path, root)
+    parts = rel.split(os.sep)
+    if os.path.isabs(rel) or ".." in parts:
+        raise LinkRefusedError(errno.EINVAL, f"{path} is not below {root}")
+    return [] if rel == "." else parts
+
+
+def _open_folder_below(root, parts, path, create=False):
+    """A directory fd for ``root/parts...``, no link followed below ``root``."""
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            if create:
+                try:
+                    os.mkdir(part, 0o777, dir_fd=dir_fd)
+                except FileExistsError:
+                    pass
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except OSError as e:
+                _refuse_if_link(e, dir_fd, part, path, root)
+                raise
+            os.close(dir_fd)
+            dir_fd = next_fd
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd
+
+
+def open_below(root, path, flags, mode=0o666):
+    """``os.open`` of ``path`` below the directory ``root``, following no link below ``root``.
+
+    Each component is opened relative to its parent's fd with ``O_NOFOLLOW``,
+    so a link planted anywhere below ``root`` (or swapped in meanwhile) raises
+    LinkRefusedError instead of leading the open outside the run folder.
+    """
+    parts = _parts_below(root, path)
+    if not parts:
+        raise LinkRefusedError(errno.EINVAL, f"{path} is not below {root}")
+    dir_fd = _open_folder_below(root, parts[:-1], path)
+    try:
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+    except OSError as e:
+        _refuse_if_link(e, dir_fd, parts[-1], path, root)
+        raise
     finally:
-        os.close(handle)
+        os.close(dir_fd)
 
 
-def write_atomically(path, data, on_partial=None):
-    """Replaces ``path`` with ``data`` (bytes or str) durably; the file keeps the user's umask.
+def write_atomically(path, data, on_partial=None, root=None):
+    """Replaces ``path`` with ``data`` (bytes or str) durably; returns ``path``.
 
-    The temporary sibling is created with mode 0666 minus the umask (not
-    ``mkstemp``'s 0600), so a group sharing the folder can read the result.
+    ``root`` is the run folder (model_dir, the job's status folder): the
+    folders from it down to ``path`` are created if missing and walked without
+    following a link (LinkRefusedError); without it, ``path``'s own folder is
+    the root. Either way the last component is replaced, never written
+    through: a link planted at ``path`` becomes a plain file and its target
+    stays as it was. The temporary sibling is created with mode 0666 minus the
+    umask (not ``mkstemp``'s 0600), so a group sharing the folder can read the
+    result; it is fsynced, renamed over ``path`` and the folder is fsynced.
     ``on_partial`` is called when half the data is written (crash tests use it).
     """
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    if root is None:
+        os.makedirs(folder, exist_ok=True)
+        root = folder
+    else:
+        root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+    dir_fd = _open_folder_below(root, _parts_below(root, folder), path, create=True)
+    try:
+        _replace_in(dir_fd, name, payload, on_partial, path, root)
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _replace_in(dir_fd, name, payload, on_partial, path, root):
+    temporary = f".{name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666,
+                         dir_fd=dir_fd)
+    except OSError as e:
+        _refuse_if_link(e, dir_fd, temporary, path, root)
+        raise
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload[: len(payload) // 2])
@@ -174,9 +266,9 @@ def write_atomically(path, data, on_partial=None):
             stream.write(payload[len(payload) // 2:])
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     finally:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
-    _fsync_folder(folder)
-    return path
+        try:
+            os.unlink(temporary, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass

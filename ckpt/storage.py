@@ -7,17 +7,17 @@ commit-marker protocol instead). It leaves out retries, which gcsfs does.
 
 Nothing under a local root is reached through a symbolic link: every open
 below the root walks the path one component at a time with ``O_NOFOLLOW``
-(a link planted in a run folder is refused with LinkRefusedError, never
-followed), and deleting a link removes the link, not what it points to.
+(``bwtf.open_below`` and ``bwtf.write_atomically``, the package's one walk and
+one atomic write; a link planted in a run folder is refused with
+LinkRefusedError, never followed), and deleting a link removes the link, not
+what it points to.
 Object-store listings are refreshed before every read of a directory
 (gcsfs caches them, and a long-lived reader would never see new files).
 """
-import errno
 import mmap
 import os
 import shutil
 import stat
-import uuid
 import zlib
 
 import fsspec
@@ -124,48 +124,25 @@ def checksum_and_fsync(fd, algorithm):
         os.close(fd)
 
 
-class LinkRefusedError(errors.CorruptCheckpointError, OSError):
-    """A path below model_dir is a symbolic link; bwtf does not follow it."""
+class LinkRefusedError(errors.CorruptCheckpointError, bwtf.LinkRefusedError):
+    """A path below model_dir is a symbolic link; bwtf does not follow it.
+
+    A CorruptCheckpointError, so readers skip such a checkpoint with a warning.
+    """
 
 
-def open_below(root, path, flags, mode=0o644):
-    """os.open of ``path`` (below the local directory ``root``) without
-    following a symbolic link at any component below ``root``."""
-    rel = os.path.relpath(path, root)
-    parts = rel.split(os.sep)
-    if rel == "." or os.path.isabs(rel) or ".." in parts:
-        raise LinkRefusedError(errno.EINVAL, f"{path} is not below {root}")
-    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+def _as_checkpoint_error(error):
+    return LinkRefusedError(error.errno, error.strerror)
+
+
+def open_below(root, path, flags, mode=0o666):
+    """``bwtf.open_below`` (no link below ``root`` followed), raising this module's LinkRefusedError."""
     try:
-        for part in parts[:-1]:
-            try:
-                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                                  dir_fd=dir_fd)
-            except OSError as e:
-                _raise_if_link(e, dir_fd, part, path)
-                raise
-            os.close(dir_fd)
-            dir_fd = next_fd
-        try:
-            return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
-        except OSError as e:
-            _raise_if_link(e, dir_fd, parts[-1], path)
-            raise
-    finally:
-        os.close(dir_fd)
-
-
-def _raise_if_link(error, dir_fd, name, path):
-    if error.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-        return
-    try:
-        is_link = stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
-    except OSError:
-        return
-    if is_link:
-        raise LinkRefusedError(
-            errno.ELOOP, f"{path} is or crosses a symbolic link ({name}); bwtf never "
-            "follows links inside model_dir: remove the link") from None
+        return bwtf.open_below(root, path, flags, mode)
+    except LinkRefusedError:
+        raise
+    except bwtf.LinkRefusedError as e:
+        raise _as_checkpoint_error(e) from None
 
 
 class Storage:
@@ -289,26 +266,21 @@ class Storage:
     def write_atomic(self, path, data, on_partial=None):
         """Replaces ``path`` with ``data`` so readers see the old or the new whole.
 
-        Local: write a temporary sibling, fsync it, rename over, fsync the
-        directory. Object stores: one PUT, which is atomic per object.
-        ``on_partial`` is called when half the temporary file is written (a
-        failpoint hook for crash tests).
+        Local: ``bwtf.write_atomically`` with model_dir as the run folder (no
+        link below it followed; file and folder fsynced). Object stores: one
+        PUT, which is atomic per object. ``on_partial`` is called when half the
+        temporary file is written (a failpoint hook for crash tests).
         """
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        fd = self._open_local(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            if on_partial is not None:
-                on_partial()
-            f.write(data[len(data) // 2:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_path(os.path.dirname(path) or ".")
+        try:
+            bwtf.write_atomically(path, data, on_partial=on_partial,
+                                  root=self.root if self._below_root(path) else None)
+        except LinkRefusedError:
+            raise
+        except bwtf.LinkRefusedError as e:
+            raise _as_checkpoint_error(e) from None
 
     def upload(self, local_path, path):
         self.fs.put_file(local_path, path)

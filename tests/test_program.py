@@ -84,6 +84,123 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["LATEST"]
 
 
+def _planted(tmp_path):
+    """A run folder ``run`` and, outside it, a file and a folder a planted link may point at."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    return run, victim, elsewhere
+
+
+def _outside_untouched(tmp_path, victim, elsewhere):
+    assert victim.read_text() == "keep me"
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "run", "victim.txt"]
+
+
+def _write_directly(run, name):
+    bwtf.write_atomically(str(run / name), b"new", root=str(run))
+
+
+def _write_through_storage(run, name):
+    from bwtf.ckpt import storage
+    storage.Storage(str(run)).write_atomic(str(run / name), b"new")
+
+
+def _write_pointers(run, name):
+    from bwtf.ckpt import commit
+    assert name in (commit.POINTER, commit.STATE_FILE)
+    commit.update_pointers(str(run), 3, crash_points=False)
+
+
+def _write_run_record(run, name):
+    from bwtf.ckpt import run_record
+    assert name == run_record.RECORD_FILE
+    run_record.write_record(str(run), {"model": "resnet50"})
+
+
+def _write_batch_status(run, name):
+    assert name == "task-0.status"
+    code = ("from bwtf.estimator.cluster import batch_task; import sys; "
+            "batch_task._run_and_record([sys.executable, '-c', 'pass'], sys.argv[1], None)")
+    result = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, SLURM_PROCID="0"))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# Every caller of the one atomic write that has a fixed name (eval.json and the
+# report are in tests/eval/test_eval_report.py). A link planted at the file is
+# replaced by a plain file, never written through.
+_FILE_CALLERS = [
+    (_write_directly, "eval.json"),
+    (_write_through_storage, "LATEST"),
+    (_write_pointers, "LATEST"),
+    (_write_pointers, "checkpoint"),
+    (_write_run_record, "run.json"),
+    (_write_batch_status, "task-0.status"),
+]
+
+
+@pytest.mark.parametrize("write, name", _FILE_CALLERS,
+                         ids=[f"{w.__name__[7:]}-{n}" for w, n in _FILE_CALLERS])
+def test_a_link_planted_at_the_file_is_replaced_never_written_through(tmp_path, write, name):
+    run, victim, elsewhere = _planted(tmp_path)
+    (run / name).symlink_to(victim)
+    write(run, name)
+    _outside_untouched(tmp_path, victim, elsewhere)
+    assert not (run / name).is_symlink() and (run / name).read_text().strip()
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("write, error", [
+    (_write_directly, bwtf.LinkRefusedError),
+    (_write_through_storage, "ckpt"),
+], ids=["write_atomically", "storage"])
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-folder", "dangling"])
+def test_a_linked_folder_below_the_run_folder_is_refused(tmp_path, write, error, dangling):
+    from bwtf.ckpt import storage
+    run, victim, elsewhere = _planted(tmp_path)
+    (run / "ckpt-5").symlink_to(elsewhere if not dangling else tmp_path / "nowhere")
+    expected = storage.LinkRefusedError if error == "ckpt" else error
+    with pytest.raises(expected, match="symbolic link") as raised:
+        write(run, "ckpt-5/COMMITTED")
+    assert isinstance(raised.value, bwtf.UserError)
+    _outside_untouched(tmp_path, victim, elsewhere)
+    assert sorted(p.name for p in run.iterdir()) == ["ckpt-5"]
+
+
+def test_a_link_swapped_in_for_a_folder_is_refused_at_any_depth(tmp_path):
+    run, victim, elsewhere = _planted(tmp_path)
+    (run / "a" / "b").mkdir(parents=True)
+    bwtf.write_atomically(str(run / "a" / "b" / "x"), "1", root=str(run))
+    os.rename(run / "a" / "b", run / "a" / "old")
+    (run / "a" / "b").symlink_to(elsewhere)
+    with pytest.raises(bwtf.LinkRefusedError, match=r"\(b\)"):
+        bwtf.write_atomically(str(run / "a" / "b" / "x"), "2", root=str(run))
+    with pytest.raises(bwtf.LinkRefusedError):
+        os.close(bwtf.open_below(str(run), str(run / "a" / "b" / "x"), os.O_RDONLY))
+    _outside_untouched(tmp_path, victim, elsewhere)
+
+
+def test_missing_folders_below_the_run_folder_are_created_with_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        bwtf.write_atomically(str(tmp_path / "run" / "logs" / "a.txt"), "x", root=str(tmp_path / "run"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "run" / "logs").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(tmp_path / "run" / "logs" / "a.txt").st_mode) == 0o640
+
+
+def test_a_path_outside_the_run_folder_is_refused(tmp_path):
+    with pytest.raises(bwtf.LinkRefusedError, match="is not below"):
+        bwtf.write_atomically(str(tmp_path / "other" / "x"), "x", root=str(tmp_path / "run"))
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("module, own, ignored", [
     ("bwtf.estimator.evaluate", ["--split", "--output_json", "--model_dir", "--model"],
      ["--momentum", "--warmup_steps", "--eval_split", "--base_lr", "--precision", "to train"]),

@@ -18,6 +18,7 @@ from typing import Optional
 from etils import epath
 import tensorflow_datasets as tfds
 
+import bwtf
 from bwtf.data import annotations
 from bwtf.data import archive
 from bwtf.data import images
@@ -199,9 +200,21 @@ class _Report:
         # report_dir lives in the TFDS data_dir, which may be gs://..., hence epath.
         folder = epath.Path(report_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{item.split}-{item.index:06d}.json.tmp"
-        partial.write_text(json.dumps(vars(self)), encoding="utf-8")
-        partial.rename(folder / f"{item.split}-{item.index:06d}.json")  # a retried Beam bundle replaces it
+        # A retried Beam bundle replaces it.
+        write_text_atomically(folder / f"{item.split}-{item.index:06d}.json", json.dumps(vars(self)))
+
+
+def write_text_atomically(path, text):
+    """Replaces the file ``path`` (an epath: local, or gs://... under a TFDS data_dir) with ``text``.
+
+    Local: ``bwtf.write_atomically`` (fsynced, umask kept, no link followed at
+    the file). Object stores: one write, which is atomic per object there;
+    their rename is a copy and a delete, so a temporary file would add nothing.
+    """
+    if "://" in os.fspath(path):
+        path.write_text(text, encoding="utf-8")
+    else:
+        bwtf.write_atomically(os.fspath(path), text)
 
 
 def _boxes_of(annotation, synset, image, report):

@@ -353,9 +353,7 @@ def _bounded_shuffle_memory():
 # The data_dir may be on any filesystem TFDS supports (gs://...), so files
 # there go through epath rather than os and open().
 def _write_json(path, value):
-    partial = path.parent / f"{path.name}.tmp"
-    partial.write_text(json.dumps(value, indent=1, sort_keys=True), encoding="utf-8")
-    partial.rename(path)
+    _examples.write_text_atomically(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def _merge_parts(parts_dir):

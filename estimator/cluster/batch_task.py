@@ -129,7 +129,8 @@ def _run_and_record(command, status_dir, log_dir, chief_status_file=None):
 
     child = subprocess.Popen(command, preexec_fn=die_with_parent, stdout=log, stderr=log)
     status = _wait_watching_the_chief(child, chief_status_file, say)
-    bwtf.write_atomically(os.path.join(status_dir, f"task-{_task_rank()}.status"), f"{status}\n")
+    bwtf.write_atomically(os.path.join(status_dir, f"task-{_task_rank()}.status"), f"{status}\n",
+                          root=status_dir)
     return status
 
 

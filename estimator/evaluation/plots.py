@@ -75,13 +75,13 @@ def throughput_series(runs):
     return _matching(runs, lambda run, tag: tag == _STEPS_PER_SEC_TAG), "steps/s"
 
 
-def _save(figure, path):
+def _save(figure, path, root):
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=110)
-    bwtf.write_atomically(path, png.getvalue())
+    bwtf.write_atomically(path, png.getvalue(), root=root)
 
 
-def _plot(path, title, series_list, x_label, y_label, x_of):
+def _plot(path, root, title, series_list, x_label, y_label, x_of):
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(figsize=(7, 4.2))
     for series in series_list:
@@ -94,7 +94,7 @@ def _plot(path, title, series_list, x_label, y_label, x_of):
     axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
     try:
-        _save(figure, path)
+        _save(figure, path, root)
     finally:
         pyplot.close(figure)
     return path
@@ -112,11 +112,13 @@ def _time_axis(series_list):
 def write_report(model_dir, output_dir=None):
     """Draws the plots; returns the paths written. Raises ReportError/NoEventsError."""
     runs = _eval_events.read_all(model_dir)
+    # The default folder is inside the run folder, so a link planted there is refused;
+    # a folder the user names is theirs (links and all).
+    root = output_dir or model_dir
     output_dir = output_dir or os.path.join(model_dir, "report")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ReportError(f"--output_dir {output_dir} exists and is not a directory; "
                           "choose a directory for the PNG files")
-    os.makedirs(output_dir, exist_ok=True)
     by_step = lambda series: series.steps  # noqa: E731
     throughput, unit = throughput_series(runs)
     plots = [
@@ -135,7 +137,7 @@ def write_report(model_dir, output_dir=None):
         if not series_list:
             logging.warning("no %s plot: no scalar tag %s in %s", title, wanted, model_dir)
             continue
-        written.append(_plot(os.path.join(output_dir, name), title, series_list,
+        written.append(_plot(os.path.join(output_dir, name), root, title, series_list,
                              x_label, y_label, x_of))
     if not written:
         raise ReportError(

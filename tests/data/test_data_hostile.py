@@ -402,3 +402,23 @@ def test_reversed_box_corners_are_swapped_and_counted(tiny_copy, tools, tmp_path
                    .replace(f"<xmax>{xmax}</xmax>", f"<xmax>{xmin}</xmax>"))
     summary = tools.build(manual_dir, tmp_path / "tfds")
     assert summary.corrections == {"boxes_with_reversed_corners_swapped": 1}
+
+
+def test_the_build_reports_never_write_through_a_planted_link(tmp_path):
+    from etils import epath
+
+    from bwtf.data.imagenet_archive import _examples
+    victim = tmp_path / "victim.json"
+    victim.write_text("keep me")
+    data_dir = tmp_path / "data_dir"
+    data_dir.mkdir()
+    (data_dir / builder_lib.REPORT_FILE).symlink_to(victim)
+    builder_lib._write_json(epath.Path(data_dir) / builder_lib.REPORT_FILE, {"bad_images": []})
+    assert victim.read_text() == "keep me"
+    assert json.loads((data_dir / builder_lib.REPORT_FILE).read_text()) == {"bad_images": []}
+    assert sorted(p.name for p in data_dir.iterdir()) == [builder_lib.REPORT_FILE]
+    # The per-item reports a (Beam) worker writes go through the same writer.
+    (data_dir / "reports").mkdir()
+    (data_dir / "reports" / "train-000003.json").symlink_to(victim)
+    _examples.write_text_atomically(epath.Path(data_dir) / "reports" / "train-000003.json", "{}")
+    assert victim.read_text() == "keep me" and not (data_dir / "reports" / "train-000003.json").is_symlink()

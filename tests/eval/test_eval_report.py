@@ -8,6 +8,8 @@ import tensorflow as tf
 from eval_helpers import TRAIN_STEPS, run_module
 from tensorboard.backend.event_processing import event_accumulator
 
+import bwtf
+
 pytestmark = pytest.mark.timeout(300)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -126,3 +128,43 @@ def test_each_checkpoint_commit_is_logged_with_its_size_and_duration(trained_run
     for line in commits:
         assert re.search(r"\d+(\.\d+)? ?(B|KiB|MiB|GiB|bytes)", line), line
         assert re.search(r"\d+(\.\d+)? ?(s|ms)\b", line), line
+
+
+def _run_with_a_loss_curve(model_dir):
+    writer = tf.summary.create_file_writer(str(model_dir))
+    with writer.as_default():
+        for step in range(5):
+            tf.summary.scalar("loss", 2.0 - 0.1 * step, step=step)
+    writer.close()
+
+
+@pytest.mark.parametrize("plant", ["report_folder", "png_file"])
+def test_a_link_planted_in_the_run_folder_never_leads_the_report_outside(tmp_path, plant):
+    from bwtf.estimator.evaluation import plots
+    victim, elsewhere, model_dir = tmp_path / "victim.png", tmp_path / "elsewhere", tmp_path / "run"
+    victim.write_bytes(b"keep me")
+    elsewhere.mkdir()
+    _run_with_a_loss_curve(model_dir)
+    if plant == "report_folder":
+        (model_dir / "report").symlink_to(elsewhere)
+        with pytest.raises(bwtf.LinkRefusedError, match="symbolic link"):
+            plots.write_report(str(model_dir))
+    else:
+        (model_dir / "report").mkdir()
+        (model_dir / "report" / "loss.png").symlink_to(victim)
+        assert [os.path.basename(p) for p in plots.write_report(str(model_dir))] == ["loss.png"]
+        assert not (model_dir / "report" / "loss.png").is_symlink()
+        _check_png(model_dir / "report" / "loss.png")
+    assert victim.read_bytes() == b"keep me" and list(elsewhere.iterdir()) == []
+
+
+def test_eval_json_replaces_a_planted_link_and_keeps_its_target(tmp_path):
+    from bwtf.estimator import evaluate
+    victim = tmp_path / "victim.json"
+    victim.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "eval.json").symlink_to(victim)
+    evaluate._write_json(str(tmp_path / "run" / "eval.json"), {"precision_at_1": 0.5})
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "run" / "eval.json").is_symlink()
+    assert '"precision_at_1": 0.5' in (tmp_path / "run" / "eval.json").read_text()

@@ -24,10 +24,10 @@ What the shell does, the same for every program:
   (``--flagfile``, ``-v``), and exits 0. ``--helpfull`` adds every absl flag.
 * **Errors.** A ``bwtf.UserError`` prints one line and exits with its
   ``exit_code``; anything else is a bug and keeps its traceback.
-* **Logging.** One stack, absl's: TensorFlow's Python logger, the stdlib
-  loggers (``bwtf.ckpt``) and ``warnings`` all go through absl's handler. The
-  console shows bwtf's own records (INFO and up, short format) and errors from
-  anyone; ``log_to_file(path)`` sends the full log, TensorFlow's C++ runtime
+* **Logging.** One stack, absl's: bwtf logs through ``absl.logging`` (ckpt
+  too), and TensorFlow's Python logger and ``warnings`` go through absl's
+  handler. The console shows bwtf's own records (INFO and up, short format) and
+  errors from anyone; ``log_to_file(path)`` sends the full log, TensorFlow's C++ runtime
   included, to ``path`` as well. ``-v N``/``--verbosity=N`` given on the command
   line turns the filter off: everything reaches the console, as before.
 
@@ -204,11 +204,10 @@ def _setup_logging():
         handler.addFilter(_ConsoleFilter())
         handler.setFormatter(_ConsoleFormatter())
     logging.captureWarnings(True)
-    for name in ("tensorflow", "bwtf"):
-        logger = logging.getLogger(name)
-        for extra in list(logger.handlers):
-            logger.removeHandler(extra)
-        logger.propagate = True
+    tf_logger = logging.getLogger("tensorflow")
+    for extra in list(tf_logger.handlers):
+        tf_logger.removeHandler(extra)
+    tf_logger.propagate = True
 
 
 def log_to_file(path):

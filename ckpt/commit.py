@@ -31,7 +31,6 @@ from concurrent import futures
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -39,6 +38,8 @@ import tempfile
 import threading
 import time
 import uuid
+
+from absl import logging as log
 
 from bwtf.ckpt import _failpoints
 from bwtf.ckpt import _identity
@@ -63,8 +64,6 @@ _DIR_RE = re.compile(r"^ckpt-(0|[1-9][0-9]*)$")
 # What a user may take for a checkpoint name (ckpt-009): listed, never used.
 _LOOSE_DIR_RE = re.compile(r"^ckpt-([0-9]+)$")
 TMP_DIR_RE = re.compile(r"^\.tmp-ckpt-(\d+)-([0-9a-f]+)$")
-
-log = logging.getLogger("bwtf.ckpt")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,11 +21,12 @@ Readers (the evaluator, bwtf-eval, the CLI's list/verify/inspect) never take
 ownership. ``bwtf-ckpt prune`` acts only when no live process owns model_dir.
 """
 import json
-import logging
 import os
 import re
 import threading
 import uuid
+
+from absl import logging as log
 
 from bwtf.ckpt import _identity
 from bwtf.ckpt import errors
@@ -34,8 +35,6 @@ from bwtf.ckpt import storage as storage_lib
 _RECORD_RE = re.compile(r"^\.bwtf-owner-(\d{1,18})-([0-9a-f]{12})\.json$")
 # Records older than the newest few are removed by the owner.
 _KEEP_RECORDS = 4
-
-log = logging.getLogger("bwtf.ckpt")
 
 
 def _as_storage(model_dir):

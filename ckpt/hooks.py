@@ -17,14 +17,12 @@ could interrupt a session.run, so the save happens after the current step.
 It leaves out stopping the other tasks of the cluster; the launcher and the
 ps lifecycle handle that once the chief has exited.
 """
-import logging
-
+from absl import logging as log
 import tensorflow as tf
 
 from bwtf.ckpt import commit
 from bwtf.ckpt import walltime
 
-log = logging.getLogger("bwtf.ckpt")
 
 _STOP_REASON = None
 

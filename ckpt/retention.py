@@ -17,18 +17,17 @@ under a deletion (another pruner) is simply gone: a race never raises.
 It leaves out quotas by bytes: keep counts are what users reason about.
 """
 import json
-import logging
 import os
 import time
 import uuid
+
+from absl import logging as log
 
 from bwtf.ckpt import _identity
 from bwtf.ckpt import commit
 from bwtf.ckpt import errors
 from bwtf.ckpt import fence
 from bwtf.ckpt import storage as storage_lib
-
-log = logging.getLogger("bwtf.ckpt")
 
 
 def plan(statuses, keep_last, keep_every_hours=None):

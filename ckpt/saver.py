@@ -34,13 +34,13 @@ checkpoint (the graph is rebuilt from code; export writes its own).
 """
 from concurrent import futures
 import hashlib
-import logging
 import numbers
 import os
 import threading
 import shutil
 import time
 
+from absl import logging as log
 import tensorflow as tf
 from tensorflow.python.training.saving import saveable_object_util
 
@@ -53,7 +53,6 @@ from bwtf.ckpt import fence
 from bwtf.ckpt import retention
 from bwtf.ckpt import storage as storage_lib
 
-log = logging.getLogger("bwtf.ckpt")
 
 # Groups in flight at once; each group gets max_group_bytes / _IN_FLIGHT.
 _IN_FLIGHT = 2

@@ -12,12 +12,8 @@ may read it before the chief has repaired it. This replaces that decision
 with the verified reader: the global step of the newest intact checkpoint.
 A model_dir without bwtf checkpoints keeps Estimator's own reading.
 """
-import logging
-
 from bwtf.ckpt import commit
 from bwtf.ckpt import fence
-
-log = logging.getLogger("bwtf.ckpt")
 
 
 def take_ownership(model_dir):

@@ -5,6 +5,7 @@ script that starts without TensorFlow, so these stay fast; every other program r
 through the same ``bwtf.program.run``.
 """
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -82,6 +83,40 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path):
         bwtf.write_atomically(str(path), "new contents", on_partial=crash)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["LATEST"]
+
+
+def test_a_checkpoint_warning_reaches_the_console_in_its_one_line_format(tmp_path):
+    """ckpt logs through absl like the rest of bwtf: same handler, same filter, same format."""
+    from bwtf.ckpt import commit
+    for step in (1, 2):
+        pending = commit.PendingCheckpoint(str(tmp_path), step)
+        with open(pending.prefix + ".index", "wb") as f:
+            f.write(b"index")
+        with open(pending.prefix + ".data-00000-of-00001", "wb") as f:
+            f.write(b"d" * 100)
+        pending.finalize({"w": {"shape": [1], "dtype": "float32"}})
+    with open(tmp_path / "ckpt-2" / "model.ckpt-2.data-00000-of-00001", "ab") as f:
+        f.write(b"x")
+    result = _ckpt("inspect", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"\d\d:\d\d:\d\d warning: Skipping checkpoint \S+/ckpt-2: \S+ has 101 bytes, "
+                        r"the manifest says 100 \(truncated\?\)\n", result.stderr), result.stderr
+    assert f"checkpoint {tmp_path}/ckpt-1" in result.stdout
+
+
+def test_bwtf_logs_through_one_stack():
+    """No module of bwtf's own sets up a stdlib logger: absl.logging is the one stack."""
+    root = os.path.dirname(bwtf.__file__)
+    offenders = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("tests", ".venv", "scripts") and not d.startswith(".")]
+        for name in files:
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and path != os.path.join(root, "program.py"):
+                with open(path, encoding="utf-8") as f:
+                    if "logging.getLogger(" in f.read():
+                        offenders.append(os.path.relpath(path, root))
+    assert offenders == []
 
 
 def _planted(tmp_path):

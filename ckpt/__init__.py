@@ -43,7 +43,9 @@ Public API (import as ``from bwtf import ckpt``)::
         save_checkpoints_secs=None) so the stock CheckpointSaverHook is never made.
     ckpt.stop_requested() -> str | None
         after training returns: why the stop hook stopped ("SIGTERM",
-        "SIGUSR1", "walltime") or None.
+        "SIGUSR1", "walltime") or None. The one record per process: the
+        chief's hook and the other tasks' stop hooks both write it
+        (``ckpt.record_stop(reason)``; ``None`` clears it as training begins).
     ckpt.latest_intact_checkpoint(model_dir, full=True) -> CheckpointRef | None
         CheckpointRef(.path, .step, .directory); .path is a prefix usable by
         tf.train.load_checkpoint and Saver.restore. Skips corrupt and
@@ -117,7 +119,8 @@ _LAZY = {
     "gathered_scaffold": "bwtf.ckpt.saver",
     "GatheredSaver": "bwtf.ckpt.saver",
     "chief_hooks": "bwtf.ckpt.hooks",
-    "stop_requested": "bwtf.ckpt.hooks",
+    "stop_requested": "bwtf.ckpt.walltime",
+    "record_stop": "bwtf.ckpt.walltime",
 }
 
 __all__ = sorted(_LAZY)

@@ -7,7 +7,8 @@
     (FencedError included) is raised at the next step;
   * on any of ``policy.stop_signals``, or once the remaining walltime drops
     below ``policy.walltime_margin_secs``, saves at the current step and asks
-    the session to stop; ``stop_requested()`` then tells the program why, and
+    the session to stop; ``walltime.stop_requested()`` (``ckpt.stop_requested()``)
+    then tells the program why, and
     it exits with EXIT_REQUEUE;
   * saves once more in ``end()`` unless that step is already saved; the stop
     and end saves are synchronous and durable before the hook returns.
@@ -23,18 +24,6 @@ import tensorflow as tf
 from bwtf.ckpt import commit
 from bwtf.ckpt import walltime
 
-
-_STOP_REASON = None
-
-
-def stop_requested():
-    """Why the stop hook stopped training ("SIGTERM", "walltime", ...) or None."""
-    return _STOP_REASON
-
-
-def _set_stop_reason(reason):
-    global _STOP_REASON
-    _STOP_REASON = reason
 
 
 class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
@@ -52,7 +41,7 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         self._last_saved_step = None
 
     def begin(self):
-        _set_stop_reason(None)
+        walltime.record_stop(None)
         self._global_step = tf.compat.v1.train.get_global_step()
         if self._global_step is None:
             raise RuntimeError("The gathered checkpoint hook needs a global step; "
@@ -77,7 +66,7 @@ class GatheredCheckpointHook(tf.compat.v1.train.SessionRunHook):
         if reason is not None:
             step = self._save(run_context.session)
             log.warning("Stopping at step %d after a final save: %s.", step, reason)
-            _set_stop_reason(reason)
+            walltime.record_stop(reason)
             run_context.request_stop()
             return
         if self._timer is None or not self._timer.should_trigger_for_step(run_values.results + 1):

@@ -8,7 +8,10 @@ Sources, first match wins:
                       start of this process
 
 ``StopConditions`` turns that, and the scheduler's stop signals, into the one
-answer every task of a job needs after each step: stop now, and why.
+answer every task of a job needs after each step: stop now, and why. The hook
+that stops training (the chief's checkpoint hook, a worker's stop hook)
+records why with ``record_stop``; ``stop_requested()`` is what the program
+reads afterwards to exit with EXIT_REQUEUE (one record per process).
 
 It leaves out querying the scheduler (squeue/qstat): a job step must not
 depend on the controller being reachable while it trains.
@@ -21,6 +24,19 @@ import time
 from bwtf.ckpt import errors
 
 _PROCESS_START = time.time()
+# Why this process's training stopped ("SIGTERM", "walltime") or None.
+_STOPPED = {"reason": None}
+
+
+def stop_requested():
+    """Why a stop hook stopped this process's training ("SIGTERM", "walltime", ...), or None."""
+    return _STOPPED["reason"]
+
+
+def record_stop(reason):
+    """Records why training stops; the first reason is kept. ``None`` clears it (a new training run)."""
+    if reason is None or _STOPPED["reason"] is None:
+        _STOPPED["reason"] = reason
 
 
 def _number(environ, name, what):

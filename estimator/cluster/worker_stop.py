@@ -4,10 +4,11 @@ Slurm (``--signal``, ``scancel --signal``) and ``bwtf-launch`` deliver SIGTERM
 or SIGUSR1 to every task of a job. The chief's ckpt hook saves and stops on
 them; a worker with Python's default SIGTERM action would die at once (-15),
 and one that ignored them would train on until its ps disappears and then fail.
-``WorkerStopHook`` records the signal (or notices that the remaining walltime
-is below the chief's margin) and asks its session to stop after the current step; ``stop_requested()`` then tells ``train.py`` to exit with
-``ckpt.EXIT_REQUEUE`` like the chief. The evaluator task has no training
-session to stop: ``signal_aware_sleep`` gives its polling loop a sleep that
+``WorkerStopHook`` notices the signal (or that the remaining walltime is below
+the chief's margin), records why where the chief's hook does
+(``ckpt.record_stop``; ``ckpt.stop_requested()`` then tells the program to
+exit with ``ckpt.EXIT_REQUEUE`` like the chief) and asks its session to stop
+after the current step. The evaluator task has no training session to stop: ``signal_aware_sleep`` gives its polling loop a sleep that
 raises ``StopSignal`` once such a signal has arrived (an evaluation under way
 finishes and is recorded first).
 
@@ -24,7 +25,6 @@ from absl import logging
 
 from bwtf import ckpt
 
-_STOP_REASON = None
 _POLL_SECS = 0.5
 
 
@@ -48,11 +48,6 @@ def signal_aware_sleep(stop_signals):
     return sleep
 
 
-def stop_requested():
-    """The signal ("SIGTERM", ...) that stopped this worker's training, or None."""
-    return _STOP_REASON
-
-
 class WorkerStopHook(tf.compat.v1.train.SessionRunHook):
     """Requests a stop after the step during which one of ``stop_signals`` arrived,
     or once less than ``walltime_margin_secs`` of the job's walltime is left."""
@@ -63,16 +58,14 @@ class WorkerStopHook(tf.compat.v1.train.SessionRunHook):
         self._stop = ckpt.StopConditions(stop_signals, walltime_margin_secs, environ)
 
     def begin(self):
-        global _STOP_REASON
-        _STOP_REASON = None
+        ckpt.record_stop(None)
         self._stop.install()
 
     def after_run(self, run_context, run_values):
-        global _STOP_REASON
         reason = self._stop.reason()
-        if reason is not None and _STOP_REASON is None:
-            _STOP_REASON = reason
-            logging.warning("worker stops after this step: %s (only the chief saves)", _STOP_REASON)
+        if reason is not None and ckpt.stop_requested() is None:
+            ckpt.record_stop(reason)
+            logging.warning("worker stops after this step: %s (only the chief saves)", reason)
             run_context.request_stop()
 
     def end(self, session):

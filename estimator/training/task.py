@@ -366,8 +366,7 @@ def _train(job, strategy=None):
         metrics = _train_single_process(job, estimator, train_fn, eval_fn)
     if job.role.is_chief:
         _log_summary(job, metrics, start_step, time.monotonic() - start)
-    stopped = ckpt.stop_requested() or _worker_stop.stop_requested()
-    return ckpt.EXIT_REQUEUE if stopped else 0
+    return ckpt.EXIT_REQUEUE if ckpt.stop_requested() else 0
 
 
 def _run_evaluator(job):

@@ -31,7 +31,7 @@ def test_the_worker_stops_once_the_walltime_margin_is_reached(walltime_end, stop
                                        environ={"BWTF_WALLTIME_END": str(walltime_end())})
     hook.begin()
     assert _one_step(hook) is stops
-    assert _worker_stop.stop_requested() == ("walltime" if stops else None)
+    assert ckpt.stop_requested() == ("walltime" if stops else None)
 
 
 def test_a_malformed_walltime_variable_is_refused_before_training():
@@ -45,7 +45,7 @@ def test_a_stop_signal_stops_the_worker_after_its_step_and_restores_the_handler(
     hook.begin()
     assert not _one_step(hook)
     os.kill(os.getpid(), signal.SIGUSR1)
-    assert _one_step(hook) and _worker_stop.stop_requested() == "SIGUSR1"
+    assert _one_step(hook) and ckpt.stop_requested() == "SIGUSR1"
     hook.end(None)
     assert signal.getsignal(signal.SIGUSR1) is before
 

@@ -4,6 +4,9 @@
 #   slurm_start_munge STATE   start munged unless one answers (its pid file goes to STATE)
 #   slurm_stop_pidfile FILE   TERM (then KILL) the process named by FILE, then remove FILE
 #   slurm_detect NAME         CPUs or RealMemory as slurmd detects them on this machine
+#   slurm_conf_common         the slurm.conf lines both clusters share (root daemons, munge, ports,
+#                             scheduling, requeue, job completion file); each adds its own names,
+#                             paths, nodes and timeouts
 
 slurm_install_if_absent() {
   if command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null; then
@@ -50,4 +53,28 @@ slurm_stop_pidfile() {
 slurm_detect() {
   # The node's CPUs and memory must match what slurmd detects, or Slurm marks it invalid.
   slurmd -C | sed -n "s/.*$1=\([0-9]*\).*/\1/p" | head -1
+}
+
+slurm_conf_common() {
+  cat <<CONF
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+SlurmctldPort=${BWTF_SLURMCTLD_PORT:-16817}
+SlurmdPort=${BWTF_SLURMD_PORT:-16818}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SwitchType=switch/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/filetxt
+JobRequeue=1
+MinJobAge=3600
+ReturnToService=2
+KillWait=30
+CONF
 }

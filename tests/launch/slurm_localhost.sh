@@ -24,33 +24,15 @@ write_conf() {
   cat >"$state/slurm.conf" <<CONF
 ClusterName=bwtflocal
 SlurmctldHost=${node}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
+$(slurm_conf_common)
 StateSaveLocation=$state/spool/ctld
 SlurmdSpoolDir=$state/spool/d
 SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd.pid
 SlurmctldLogFile=$state/slurmctld.log
 SlurmdLogFile=$state/slurmd.log
-SlurmctldPort=${BWTF_SLURMCTLD_PORT:-16817}
-SlurmdPort=${BWTF_SLURMD_PORT:-16818}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/filetxt
 JobCompLoc=$state/jobcomp.txt
-JobRequeue=1
-MinJobAge=3600
-ReturnToService=2
 SlurmdTimeout=60
-KillWait=30
 NodeName=${node} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${memory} State=UNKNOWN
 PartitionName=debug Nodes=${node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF

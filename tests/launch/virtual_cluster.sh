@@ -150,34 +150,16 @@ write_slurm_conf() {
   cat >"$dir/slurm.conf" <<CONF
 ClusterName=bwtfvirtual
 SlurmctldHost=$(hostname -s)($SUBNET.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
+$(slurm_conf_common)
 StateSaveLocation=$dir/ctld
 SlurmdSpoolDir=$dir/%n
 SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/%n/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/%n/slurmd.log
-SlurmctldPort=${BWTF_SLURMCTLD_PORT:-16817}
-SlurmdPort=${BWTF_SLURMD_PORT:-16818}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
 GresTypes=gpu
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/filetxt
 JobCompLoc=$dir/jobcomp.txt
-JobRequeue=1
-MinJobAge=3600
-ReturnToService=2
 SlurmdTimeout=${BWTF_SLURMD_TIMEOUT:-20}
-KillWait=30
 NodeName=DEFAULT CPUs=$cpus RealMemory=$((memory / NODES)) Gres=gpu:2 State=UNKNOWN
 CONF
   for node in $(node_names); do

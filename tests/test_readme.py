@@ -9,8 +9,8 @@ each still match the README, so the README cannot drift away from what runs.
   60 console lines, none of them TensorFlow's own log lines or a traceback.
 * "On one machine": the whole block, /tmp replaced by a test folder.
 * The build commands, with the digits archive as manual_dir.
-* The batch examples: the flags they hand to bwtf-train parse (the scripts
-  themselves run end to end under the real Slurm and mpiexec in tests/launch).
+* The batch examples ("Train on Slurm", "Train on PBS"): run under the real
+  localhost Slurm and the mpiexec harness, in tests/launch/test_launch_readme.py.
 """
 import os
 import pathlib
@@ -20,7 +20,9 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import readme_blocks
+
+REPO = readme_blocks.REPO
 _BIN = pathlib.Path(sys.executable).parent
 _MAX_DEMO_LINES = 60
 # Lines the console must never show: TensorFlow's and absl's own log prefixes, Python's.
@@ -35,25 +37,6 @@ _NOT_RUN = {
     "Try it on several (virtual) nodes": "needs root and namespaces; tests/launch runs the same script "
                                          "(virtual_cluster.sh) with Slurm across the nodes",
 }
-
-
-def _blocks():
-    """{section title: [bash block text, ...]} in README order."""
-    blocks, section = {}, None
-    for part in re.split(r"^(## .*)$", (REPO / "README.md").read_text(), flags=re.M):
-        if part.startswith("## "):
-            section = part[3:].strip()
-            continue
-        for block in re.findall(r"```bash\n(.*?)```", part, flags=re.S):
-            blocks.setdefault(section, []).append(block)
-    return blocks
-
-
-def _small(text, replacements):
-    for old, new in replacements:
-        assert old in text, f"the README no longer says {old!r}; update tests/test_readme.py with it"
-        text = text.replace(old, new)
-    return text
 
 
 def _env(tmp_path):
@@ -72,13 +55,14 @@ def _bash(script, tmp_path, timeout=1800):
 def test_every_readme_block_is_run_or_explained():
     covered = set(_NOT_RUN) | {"On one machine", "Build the dataset from a real ImageNet archive",
                                "Train on Slurm", "Train on PBS (PBS Pro or Cray ALPS)"}
-    assert set(_blocks()) <= covered, f"README sections with commands no test runs: {set(_blocks()) - covered}"
+    missing = set(readme_blocks.blocks()) - covered
+    assert not missing, f"README sections with commands no test runs: {missing}"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_demo_console_is_short(tmp_path):
-    assert "bash scripts/demo.sh" in _blocks()["The two commands"][0]
+    assert "bash scripts/demo.sh" in readme_blocks.blocks()["The two commands"][0]
     env = dict(_env(tmp_path), BWTF_DEMO_SKIP_INSTALL="1", BWTF_DEMO_OUT=str(tmp_path / "demo"))
     result = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=1800)
@@ -94,8 +78,8 @@ def test_demo_console_is_short(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_on_one_machine_block_runs_as_written(tmp_path):
-    (block,) = _blocks()["On one machine"]
-    script = _small(block, [("--train_steps=2000", "--train_steps=40 --save_checkpoints_steps=20 "
+    (block,) = readme_blocks.blocks()["On one machine"]
+    script = readme_blocks.small(block, [("--train_steps=2000", "--train_steps=40 --save_checkpoints_steps=20 "
                                                    "--eval_throttle_secs=1")])
     _bash(script.replace("/tmp/", f"{tmp_path}/"), tmp_path)
     assert (tmp_path / "eval.json").exists()
@@ -107,7 +91,7 @@ def test_on_one_machine_block_runs_as_written(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_build_commands_run_as_written(tmp_path):
-    (block,) = _blocks()["Build the dataset from a real ImageNet archive"]
+    (block,) = readme_blocks.blocks()["Build the dataset from a real ImageNet archive"]
     commands = [line for line in block.splitlines() if line.startswith(("bwtf-build-data", "tfds build"))]
     runnable = [c for c in commands if not c.endswith("\\")]  # the Beam/Flink one needs a Flink cluster
     assert len(runnable) == 3, commands
@@ -117,22 +101,3 @@ def test_build_commands_run_as_written(tmp_path):
               .replace("/lustre/tfds", f"{tmp_path}/tfds{number}").replace("--num_workers=16", "--num_workers=2"),
               tmp_path)
         assert list((tmp_path / f"tfds{number}" / "imagenet_archive").glob("*/1.0.0/dataset_info.json"))
-
-
-@pytest.mark.parametrize("section", ["Train on Slurm", "Train on PBS (PBS Pro or Cray ALPS)"])
-def test_batch_examples_hand_bwtf_train_flags_it_accepts(section):
-    for block in _blocks()[section]:
-        _check_batch_flags(block)
-
-
-def _check_batch_flags(block):
-    command = " ".join(block.replace("\\\n", " ").split())
-    if "sbatch" in command:
-        flags = command.split("scripts/train.sbatch", 1)[1].split()
-    else:
-        flags = re.search(r'BWTF_FLAGS="([^"]*)"', command).group(1).split()
-    code = ("import sys; from absl import flags; from bwtf.estimator import train; "
-            "rest = flags.FLAGS(['bwtf-train'] + sys.argv[1:]); sys.exit(len(rest) - 1)")
-    result = subprocess.run([sys.executable, "-c", code, *flags], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert result.returncode == 0, (flags, result.stderr[-2000:])

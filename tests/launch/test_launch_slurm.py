@@ -1,52 +1,24 @@
 """scripts/train.sbatch on a real one-node Slurm (slurmctld + slurmd + munge on localhost).
 
-slurm_localhost.sh installs Debian's slurm-wlm and munge when absent and
-starts the daemons; the module tears them down afterwards. The job has four
+The ``slurm_env`` fixture (conftest.py) starts it with slurm_localhost.sh,
+which installs Debian's slurm-wlm and munge when absent, under the machine-wide
+Slurm lock, and tears it down after the module. The job has four
 tasks (ps, chief, worker and the evaluator) and trains small_cnn on the digits
 archive. The second job is sent ``scancel --signal=TERM`` mid-training and must
 save at that step, requeue itself, resume from that step and complete.
 """
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-from launch_helpers import LAUNCH_TESTS_DIR, REPO_ROOT, wait_for_job_state
+from launch_helpers import REPO_ROOT, wait_for_job_state
 
 pytestmark = [pytest.mark.slow]
 
 _SBATCH = REPO_ROOT / "scripts" / "train.sbatch"
-
-
-def _slurm_unavailable_reason():
-    if os.geteuid() != 0:
-        return "the localhost Slurm needs root (it runs slurmctld/slurmd and may apt-get install them)"
-    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        return "slurm-wlm is not installed and there is no apt-get to install it"
-    return None
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory):
-    """The environment in which sbatch/scontrol reach the localhost Slurm."""
-    reason = _slurm_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm")
-    script = str(LAUNCH_TESTS_DIR / "slurm_localhost.sh")
-    up = subprocess.run([script, "up", str(state)], capture_output=True, text=True, timeout=600)
-    env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"), BWTF_PYTHON=sys.executable,
-               TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_CONFIG", None)
-    try:
-        assert up.returncode == 0, f"localhost Slurm did not start:\n{up.stdout}\n{up.stderr}"
-        yield env
-    finally:
-        subprocess.run([script, "down", str(state)], capture_output=True, timeout=120)
 
 
 def _submit(job_dir, env, data_dir, train_steps, save_steps):

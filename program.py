@@ -210,14 +210,18 @@ def _setup_logging():
     tf_logger.propagate = True
 
 
-def log_to_file(path):
+def log_to_file(path, root=None):
     """Also writes the full log (every record, TF's C++ runtime too) to ``path``; returns it.
 
     Without ``-v`` the process's file descriptor 2 is pointed at the file, so
     what TensorFlow's C++ runtime prints lands there, not on the console.
+    With ``root`` (the run folder the log lives in) no symbolic link below it is
+    followed: a planted one raises ``bwtf.LinkRefusedError`` (an OSError).
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    file_handler = logging.FileHandler(path, encoding="utf-8")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    handle = bwtf.open_below(root, path, flags) if root else os.open(path, flags, 0o666)
+    file_handler = logging.StreamHandler(os.fdopen(handle, "a", encoding="utf-8"))
     file_handler.setFormatter(absl_logging.PythonFormatter())
     file_handler.setLevel(logging.DEBUG if _CONSOLE["verbose"] else logging.INFO)
     logging.getLogger().addHandler(file_handler)
@@ -258,14 +262,16 @@ def log_to_file_in(model_dir, name):
     """Sends the full log to ``$BWTF_LOG_DIR/<name>.log``, else ``<model_dir>/logs/<name>.log``.
 
     Nothing when neither is a local folder (an object store, no model_dir), or
-    when the folder cannot be written: the console still shows bwtf's lines.
+    when the folder cannot be written or crosses a symbolic link below
+    model_dir: the console still shows bwtf's lines.
     """
-    folder = os.environ.get("BWTF_LOG_DIR") or (
-        os.path.join(model_dir, "logs") if model_dir and "://" not in model_dir else None)
+    folder, root = os.environ.get("BWTF_LOG_DIR"), None
+    if not folder and model_dir and "://" not in model_dir:
+        folder, root = os.path.join(model_dir, "logs"), model_dir
     if not folder:
         return None
     try:
-        return log_to_file(os.path.join(folder, f"{name}.log"))
+        return log_to_file(os.path.join(folder, f"{name}.log"), root)
     except OSError as error:
         absl_logging.warning("cannot write the log file in %s (%s); the console shows bwtf's lines only",
                              folder, error)

@@ -50,7 +50,6 @@ from bwtf.estimator import _flags
 from bwtf.estimator.evaluation import model_setup as _eval_setup
 from bwtf.estimator.evaluation.runner import EvalError, EvalJob, evaluate_continuously, evaluate_once
 
-EXIT_USER_ERROR = bwtf.EXIT_USAGE
 
 
 def _write_json(path, record):

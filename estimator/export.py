@@ -32,7 +32,6 @@ from bwtf.estimator.serving import labels as _export_labels
 from bwtf.estimator.serving.saved_model import ExportError, export_saved_model, refuse_existing, version_dir
 from bwtf.estimator.serving.saved_model import METADATA_FILE  # noqa: F401  (where the export records itself)
 
-EXIT_USER_ERROR = bwtf.EXIT_USAGE
 _DATA_FLAGS = ("data_dir", "dataset", "use_synthetic_data", "eval_split")
 
 

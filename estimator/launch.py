@@ -33,7 +33,6 @@ from bwtf import program
 from bwtf.estimator.cluster import flags_digest as _flags_digest
 from bwtf.estimator.cluster import local_supervisor as _local_cluster
 
-EXIT_USER_ERROR = bwtf.EXIT_USAGE
 # The per-task wrapper's modes; given to bwtf-launch, they hand over to it.
 _TASK_MODES = ("--task", "--print_flags_digest", "--print_evaluator_tf_config")
 

@@ -236,6 +236,49 @@ def test_a_path_outside_the_run_folder_is_refused(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("plant", ["logs_folder", "log_file"])
+def test_the_log_file_in_model_dir_never_follows_a_planted_link(tmp_path, plant, monkeypatch):
+    import logging
+
+    from bwtf import program
+    monkeypatch.delenv("BWTF_LOG_DIR", raising=False)
+    run, victim, elsewhere = _planted(tmp_path)
+    if plant == "logs_folder":
+        (run / "logs").symlink_to(elsewhere)
+    else:
+        (run / "logs").mkdir()
+        (run / "logs" / "chief.log").symlink_to(victim)
+    handlers = list(logging.getLogger().handlers)
+    try:
+        assert program.log_to_file_in(str(run), "chief") is None
+        logging.getLogger("bwtf-test").warning("a line for the log file")
+    finally:
+        for handler in set(logging.getLogger().handlers) - set(handlers):
+            logging.getLogger().removeHandler(handler)
+    _outside_untouched(tmp_path, victim, elsewhere)
+
+
+def test_the_log_file_keeps_the_umask_and_appends(tmp_path, monkeypatch):
+    import logging
+
+    from bwtf import program
+    monkeypatch.delenv("BWTF_LOG_DIR", raising=False)
+    handlers = list(logging.getLogger().handlers)
+    previous = os.umask(0o002)
+    try:
+        for _ in range(2):
+            path = program.log_to_file_in(str(tmp_path / "run"), "chief")
+            logging.getLogger("bwtf-test").warning("a line for the log file")
+    finally:
+        os.umask(previous)
+        for handler in set(logging.getLogger().handlers) - set(handlers):
+            handler.flush()
+            logging.getLogger().removeHandler(handler)
+    assert path == str(tmp_path / "run" / "logs" / "chief.log")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o664
+    assert open(path).read().count("a line for the log file") == 3  # two handlers after the second call
+
+
 @pytest.mark.parametrize("module, own, ignored", [
     ("bwtf.estimator.evaluate", ["--split", "--output_json", "--model_dir", "--model"],
      ["--momentum", "--warmup_steps", "--eval_split", "--base_lr", "--precision", "to train"]),

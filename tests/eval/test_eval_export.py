@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from eval_helpers import run_main, run_module
 
+import bwtf
 from bwtf.estimator import export
 
 pytestmark = pytest.mark.timeout(300)
@@ -152,7 +153,7 @@ def test_versions_accumulate_and_an_existing_version_is_kept_unless_overwrite_is
     os.utime(metadata, (1, 1))
 
     code = run_main(export, _export_argv(trained_run, export_dir))
-    assert code == export.EXIT_USER_ERROR
+    assert code == bwtf.EXIT_USAGE
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert (export_dir / "60" / "saved_model.pb").read_bytes() == before
     assert metadata.stat().st_mtime == 1
@@ -212,7 +213,7 @@ def test_bad_input_writes_nothing_and_says_why(trained_run, tmp_path, capsys, ca
     export_dir = tmp_path / "exp"
     code = run_main(export, [f"--export_dir={export_dir}", *argv])  # a case's own flag wins
     err = capsys.readouterr().err
-    assert code == export.EXIT_USER_ERROR
+    assert code == bwtf.EXIT_USAGE
     lines = [line for line in err.splitlines() if line.startswith("bwtf-export: error:")]
     assert len(lines) == 1 and message in lines[0], err[-2000:]
     assert not export_dir.exists()

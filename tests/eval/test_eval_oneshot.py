@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from eval_helpers import run_main, run_module
 
+import bwtf
 from bwtf.estimator import evaluate
 
 pytestmark = pytest.mark.timeout(300)
@@ -114,7 +115,7 @@ def test_bad_input_is_refused_with_one_clear_line(trained_run, copy_run, tmp_pat
     output = tmp_path / "eval.json"
     code = run_main(evaluate, [f"--output_json={output}", *argv])  # a case's own flag wins
     err = capsys.readouterr().err
-    assert code == evaluate.EXIT_USER_ERROR
+    assert code == bwtf.EXIT_USAGE
     line = [text for text in err.splitlines() if text.startswith("bwtf-eval: error:")]
     assert len(line) == 1 and message in line[0], err[-2000:]
     assert "Traceback" not in err
@@ -129,7 +130,7 @@ def test_a_corrupt_history_file_is_named_in_the_error(trained_run, copy_run, cap
         stream.write("garbage\n{\"global_step\": 20}\n")
     code = run_main(evaluate, [*trained_run.model_flags, f"--model_dir={model_dir}", "--continuous"])
     err = capsys.readouterr().err
-    assert code == evaluate.EXIT_USER_ERROR
+    assert code == bwtf.EXIT_USAGE
     assert f"{history} line 1 is not JSON" in err
 
 

@@ -38,9 +38,6 @@ _LOCK_NAME = "bwtf_step_limit"
 def _claim_step(global_step, last_step):
     """A bool tensor: this run took a step (the global step was below ``last_step``
     and is now one more); one claim at a time across the cluster."""
-    with tf.compat.v1.device(global_step.device):
-        section = tf.CriticalSection(name="step_limit", shared_name=_LOCK_NAME)
-
     def claim():
         current = tf.identity(global_step.read_value() if hasattr(global_step, "read_value")
                               else global_step)
@@ -49,7 +46,11 @@ def _claim_step(global_step, last_step):
         with tf.control_dependencies([tf.compat.v1.assign(global_step, updated)]):
             return tf.identity(below)
 
-    return section.execute(claim)
+    # Everything the lock guards runs on the ps that holds it: a worker that
+    # dies or stalls (SIGSTOP) after taking the lock cannot hold it.
+    with tf.compat.v1.device(global_step.device):
+        section = tf.CriticalSection(name="step_limit", shared_name=_LOCK_NAME)
+        return section.execute(claim)
 
 
 class StepLimitedOptimizer(tf.compat.v1.train.Optimizer):

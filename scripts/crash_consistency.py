@@ -24,6 +24,27 @@ Scenarios (``--scenario``; ``--trials`` repeats each):
                    rerun: resumes from the newest intact and trains to the limit.
   train_pointer_crash   bwtf-train killed between its two pointer writes, rerun:
                    restores that checkpoint (not step 0) and never replaces it.
+  slow_worker      bwtf-launch, 1 ps + 3 workers, one worker SIGSTOPped 0.9 s of
+                   every second: every task exits 0, the run ends with exactly
+                   ckpt-N at --train_steps=N, and LATEST and TF's checkpoint
+                   file name it (a late worker never moves them back).
+  second_sigterm   two SIGTERMs to bwtf-launch half a second apart: it kills
+                   every task at once and ends (it used to hang forever).
+  ctrl_c           SIGINT to bwtf-launch's process group (a terminal's Ctrl-C):
+                   the chief saves at the step it stopped at, exit 75.
+  chief_fails_at_startup  a bad --data_dir: the chief exits 2 and every other
+                   task (ps, workers, evaluator) ends with a line saying the
+                   chief failed; bwtf-launch exits 2 within seconds.
+  gcs_writer_reader  a writer on gs:// (retention keep 1) and a long-lived
+                   reader against gcp-storage-emulator: the reader follows
+                   every new checkpoint to the last, each restore exact.
+
+After every bwtf-launch scenario the script also checks: bwtf-launch's exit
+status; one end line per task; no traceback on the console; no process of the
+run left (each carries a mark in its environment, looked up in /proc); every
+checkpoint the chief reported saved still verifies; and the newest intact one
+restores with a stock reader, its name, manifest step and stored global_step
+agreeing.
 
 Each trial starts a writer process that saves steps 1, 2, 3, ... with a
 GatheredSaver (several groups per save, partitioned and plain variables, a

@@ -57,7 +57,7 @@ def test_ps_cluster_learns_the_digits(tmp_path, digits_flags):
     assert re.search(r"images/s this worker, [\d.]+ images/s job, [\d.]+ steps/s, ETA", chief_log)
     precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
     assert precision >= 0.95, f"precision@1 {precision} on the validation split"
-    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step >= 500
+    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 500  # exactly --train_steps, however the two workers raced
 
 
 @pytest.mark.slow

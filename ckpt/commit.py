@@ -446,9 +446,10 @@ def _check_checksums(store, directory, manifest):
                 f"{name} fails its {algorithm.upper()} check (corrupted)")
 
 
-# Checkpoints whose every checksum matched, keyed by (directory, manifest
-# digest, file fingerprint): a process reads a checkpoint's bytes once,
-# however many readers ask (restore, the step-limit decision, the evaluator).
+# Checkpoints whose checksums were checked, keyed by (directory, manifest
+# digest, file fingerprint): True if every one matched, else why not. A
+# process reads a checkpoint's bytes once, however many readers ask (restore,
+# the step-limit decision, the evaluator), a corrupt one included.
 # Bounded: the oldest entries are dropped first.
 _VERIFIED = collections.OrderedDict()
 _VERIFIED_LOCK = threading.Lock()
@@ -456,16 +457,20 @@ _VERIFIED_MAX = 256
 
 
 def _is_verified(key):
+    """True if the bytes under ``key`` matched; raises CorruptCheckpointError
+    again, without reading them, if they did not."""
     with _VERIFIED_LOCK:
-        if key in _VERIFIED:
+        failure = _VERIFIED.get(key)
+        if failure is not None:
             _VERIFIED.move_to_end(key)
-            return True
-    return False
+    if failure is not None and failure is not True:
+        raise errors.CorruptCheckpointError(failure)
+    return failure is True
 
 
-def _remember(key):
+def _remember(key, failure=None):
     with _VERIFIED_LOCK:
-        _VERIFIED[key] = True
+        _VERIFIED[key] = True if failure is None else failure
         _VERIFIED.move_to_end(key)
         while len(_VERIFIED) > _VERIFIED_MAX:
             _VERIFIED.popitem(last=False)
@@ -498,7 +503,11 @@ def _verify(store, directory, step, full):
     size, fingerprint = _check_sizes(store, directory, manifest)
     key = (store.display(directory), hashlib.sha256(raw).hexdigest(), fingerprint)
     if full and not _is_verified(key):
-        _check_checksums(store, directory, manifest)
+        try:
+            _check_checksums(store, directory, manifest)
+        except errors.CorruptCheckpointError as e:
+            _remember(key, str(e))
+            raise
         _remember(key)
     return manifest, size, key
 

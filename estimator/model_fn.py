@@ -23,6 +23,8 @@ int [N] (None in PREDICT). ``params`` is a ``bwtf.estimator.config.TrainConfig``
 * TRAIN: cross-entropy with label smoothing plus L2 weight decay (batch-norm
   parameters excluded), momentum SGD (optionally Nesterov) on the schedule in
   ``bwtf.estimator.config``; SyncReplicasOptimizer with ``sync_replicas``;
+  under ``distribution="ps"`` no update applies once the global step reaches
+  ``train_steps`` (``training.step_limit``), so training ends at exactly that step;
   dynamic loss scaling with precision "fp16". TensorBoard scalars: loss,
   learning_rate, train_precision_at_1, and images_per_sec from the progress hook.
 
@@ -55,6 +57,7 @@ from bwtf import ckpt
 from bwtf.estimator import models
 from bwtf.estimator.cluster import worker_stop as _worker_stop
 from bwtf.estimator.training import progress as _progress
+from bwtf.estimator.training import step_limit as _step_limit
 from bwtf.estimator.training import sync_replicas as _sync_replicas
 from bwtf.estimator.training.schedule import learning_rate
 
@@ -155,6 +158,9 @@ def _optimizer(config, lr):
     if config.precision == "fp16":
         optimizer = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(
             optimizer, loss_scale="dynamic")
+    if config.distribution == "ps":
+        # Racing asynchronous workers would push the step past --train_steps.
+        optimizer = _step_limit.StepLimitedOptimizer(optimizer, config.train_steps)
     if config.sync_replicas:
         optimizer = tf.compat.v1.train.SyncReplicasOptimizer(
             optimizer, replicas_to_aggregate=config.num_workers,

@@ -24,6 +24,27 @@ Scenarios (``--scenario``; ``--trials`` repeats each):
                    rerun: resumes from the newest intact and trains to the limit.
   train_pointer_crash   bwtf-train killed between its two pointer writes, rerun:
                    restores that checkpoint (not step 0) and never replaces it.
+  slow_worker      bwtf-launch, 1 ps + 3 workers, one worker SIGSTOPped 0.9 s of
+                   every second: every task exits 0, the run ends with exactly
+                   ckpt-N at --train_steps=N, and LATEST and TF's checkpoint
+                   file name it (a late worker never moves them back).
+  second_sigterm   two SIGTERMs to bwtf-launch half a second apart: it kills
+                   every task at once and ends (it used to hang forever).
+  ctrl_c           SIGINT to bwtf-launch's process group (a terminal's Ctrl-C):
+                   the chief saves at the step it stopped at, exit 75.
+  chief_fails_at_startup  a bad --data_dir: the chief exits 2 and every other
+                   task (ps, workers, evaluator) ends with a line saying the
+                   chief failed; bwtf-launch exits 2 within seconds.
+  gcs_writer_reader  a writer on gs:// (retention keep 1) and a long-lived
+                   reader against gcp-storage-emulator: the reader follows
+                   every new checkpoint to the last, each restore exact.
+
+After every bwtf-launch scenario the script also checks: bwtf-launch's exit
+status; one end line per task; no traceback on the console; no process of the
+run left (each carries a mark in its environment, looked up in /proc); every
+checkpoint the chief reported saved still verifies; and the newest intact one
+restores with a stock reader, its name, manifest step and stored global_step
+agreeing.
 
 Each trial starts a writer process that saves steps 1, 2, 3, ... with a
 GatheredSaver (several groups per save, partitioned and plain variables, a
@@ -42,12 +63,14 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import numpy as np
 
@@ -431,6 +454,347 @@ def scenario_train_pointer_crash(args, workdir, tf, ckpt, summary):
     return None
 
 
+# -- scenarios on a real localhost cluster under bwtf-launch ------------------
+
+_LAUNCH_TRAIN_FLAGS = ("--model=small_cnn", "--use_synthetic_data", "--num_classes=10", "--image_size=32",
+                       "--batch_size=4", "--log_every_steps=10", "--eval_steps=1", "--eval_throttle_secs=5",
+                       "--keep_checkpoints=1000", "--eval_timeout_secs=300")
+_STATUS_LINE = re.compile(r"^\[launch\] (\S+) (?:exited with status (\d+)|stopped: .*|was killed by .*)$", re.M)
+_CHIEF_STEP = re.compile(r"^\[chief\] .*(?:\]|\d\d:\d\d:\d\d) step (\d+)/", re.M)
+_SAVED = re.compile(r"^\[chief\] .*Saved checkpoint \S*/ckpt-(\d+)/", re.M)
+
+
+class _Launch:
+    """bwtf-launch in its own session; every process it starts carries a mark in
+    its environment, so "no process is left" is checked in /proc, not by pid."""
+
+    def __init__(self, workdir, model_dir, launch_args, train_flags, env=None):
+        self.mark = uuid.uuid4().hex
+        self.log_path = os.path.join(workdir, f"launch-{self.mark[:8]}.log")
+        full_env = dict(_env(), CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", BWTF_HARNESS_MARK=self.mark,
+                        **(env or {}))
+        for name in _ROLE_VARIABLES:
+            full_env.pop(name, None)
+        self.started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bwtf.estimator.launch", *launch_args, "--", *_LAUNCH_TRAIN_FLAGS,
+                 *train_flags, f"--model_dir={model_dir}"],
+                stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+
+    def output(self):
+        return _text_of(self.log_path)
+
+    def wait(self, timeout):
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self):
+        for pid in [self.process.pid] + self.left():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.process.wait()
+
+    def left(self):
+        """Pids of live processes that carry this launch's mark."""
+        pids = []
+        needle = f"BWTF_HARNESS_MARK={self.mark}".encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    environ = f.read().split(b"\0")
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if needle in environ and state != b"Z":
+                pids.append(int(entry))
+        return pids
+
+    def chief_steps(self):
+        return [int(s) for s in _CHIEF_STEP.findall(self.output())]
+
+    def wait_for_chief_step(self, at_least, timeout=300):
+        """None once the chief logged ``at_least`` steps, else why not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            steps = self.chief_steps()
+            if steps and steps[-1] >= at_least:
+                return None
+            if self.process.poll() is not None:
+                return f"bwtf-launch exited {self.process.returncode} early: {self.output()[-3000:]}"
+            time.sleep(0.2)
+        return f"the chief did not log step {at_least} within {timeout} s: {self.output()[-3000:]}"
+
+    def pid_of(self, task):
+        found = re.findall(rf"(?:started |, ){re.escape(task)} \(pid (\d+)\)", self.output())
+        return int(found[-1]) if found else None
+
+
+_ROLE_VARIABLES = ("TF_CONFIG", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST",
+                   "SLURM_STEP_TASKS_PER_NODE", "PBS_NODEFILE", "PBS_JOBID", "PMI_RANK", "PMI_SIZE",
+                   "PALS_RANKID", "PALS_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                   "ALPS_APP_PE", "BWTF_PORT_BASE", "BWTF_GPUS_PER_NODE", "BWTF_LOG_DIR")
+
+
+def _tasks(num_ps, num_workers, evaluator):
+    names = ["chief"] + [f"worker:{i}" for i in range(num_workers - 1)] + [f"ps:{i}" for i in range(num_ps)]
+    return names + (["evaluator"] if evaluator else [])
+
+
+def _check_launch(run, model_dir, tasks, status, tf, ckpt, summary, final_step=None):
+    """What is checked after every launch scenario (see the module docstring); None or why not."""
+    output = run.output()
+    summary.setdefault("launch_secs", []).append(round(time.monotonic() - run.started, 1))
+    if run.process.returncode != status:
+        return f"bwtf-launch exited {run.process.returncode}, expected {status}: {output[-3000:]}"
+    if "Traceback" in output or "KeyboardInterrupt" in output:
+        return f"a traceback reached the console: {output[-3000:]}"
+    ended = [m.group(1) for m in _STATUS_LINE.finditer(output)]
+    if sorted(ended) != sorted(tasks):
+        return f"expected one end line per task {sorted(tasks)}, got {sorted(ended)}: {output[-3000:]}"
+    deadline = time.monotonic() + 15
+    while run.left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if run.left():
+        left = run.left()
+        run.kill()
+        return f"processes {left} outlived bwtf-launch"
+    statuses = {s.step: s for s in ckpt.list_checkpoints(model_dir, full=True)}
+    lost = [step for step in map(int, _SAVED.findall(output)) if not statuses.get(step, None)
+            or not statuses[step].intact]
+    if lost:
+        return f"committed checkpoints {lost} are no longer intact: {list(statuses.values())}"
+    ref = ckpt.latest_intact_checkpoint(model_dir)
+    if ref is None:
+        return None if final_step is None else f"no intact checkpoint, expected ckpt-{final_step}"
+    problem = _check_train_checkpoint(model_dir, ref, tf)
+    if problem is None and final_step is not None and ref.step != final_step:
+        problem = f"the run ended with ckpt-{ref.step}, expected ckpt-{final_step} ({list(statuses)})"
+    from bwtf.ckpt import commit  # pylint: disable=import-outside-toplevel
+    if problem is None and status == 0 and final_step is not None and (
+            commit.read_pointer(model_dir) != final_step or tf.train.latest_checkpoint(model_dir) != ref.path):
+        problem = (f"LATEST names {commit.read_pointer(model_dir)} and TF's checkpoint file "
+                   f"{tf.train.latest_checkpoint(model_dir)}, expected ckpt-{final_step}")
+    return problem
+
+
+def _check_train_checkpoint(model_dir, ref, tf):
+    """A trained checkpoint restores with a stock reader; name, manifest and global_step agree."""
+    del model_dir
+    reader = tf.train.load_checkpoint(ref.path)
+    values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    with open(os.path.join(os.path.dirname(ref.path), "MANIFEST.json"), encoding="utf-8") as f:
+        manifest_step = json.load(f)["step"]
+    if int(values["global_step"]) != ref.step or manifest_step != ref.step:
+        return (f"{ref.path} holds global_step {int(values['global_step'])} and its manifest step "
+                f"{manifest_step}")
+    bad = [name for name, value in values.items()
+           if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value))]
+    return f"{ref.path} holds non-finite values in {bad}" if bad else None
+
+
+def scenario_ctrl_c(args, workdir, tf, ckpt, summary):
+    """Ctrl-C (SIGINT to the launcher's process group): the chief saves at the
+    current step, every task ends (one line each), the launcher exits 75."""
+    del args
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    tasks = _tasks(1, 2, evaluator=True)
+    run = _Launch(workdir, model_dir, ["--num_ps=1", "--num_workers=2", "--evaluator"],
+                  ["--train_steps=100000", "--save_checkpoints_steps=40"])
+    problem = run.wait_for_chief_step(50)
+    if problem:
+        run.kill()
+        return problem
+    os.killpg(run.process.pid, signal.SIGINT)
+    if run.wait(180) is None:
+        return f"bwtf-launch did not end within 180 s of Ctrl-C: {run.output()[-3000:]}"
+    problem = _check_launch(run, model_dir, tasks, 75, tf, ckpt, summary)
+    if problem:
+        return problem
+    output = run.output()
+    stop = re.search(r"^\[chief\] .*Stopping at step (\d+) after a final save", output, re.M)
+    ref = ckpt.latest_intact_checkpoint(model_dir)
+    if stop is None or ref is None or ref.step != int(stop.group(1)) or ref.step < run.chief_steps()[-1]:
+        return (f"the final save is not at the stop step (newest intact {ref}, last logged step "
+                f"{run.chief_steps()[-1]}): {output[-3000:]}")
+    summary["trials"] += 1
+    return None
+
+
+def scenario_second_sigterm(args, workdir, tf, ckpt, summary):
+    """Two SIGTERMs half a second apart: the launcher kills every task at once
+    and ends (it used to hang); whatever was committed stays intact."""
+    del args
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    tasks = _tasks(1, 2, evaluator=False)
+    run = _Launch(workdir, model_dir, ["--num_ps=1", "--num_workers=2"],
+                  ["--train_steps=100000", "--save_checkpoints_steps=40"])
+    problem = run.wait_for_chief_step(50)
+    if problem:
+        run.kill()
+        return problem
+    run.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    run.process.send_signal(signal.SIGTERM)
+    if run.wait(60) is None:
+        return f"bwtf-launch did not end within 60 s of a second SIGTERM: {run.output()[-3000:]}"
+    if "second SIGTERM: killing every task now" not in run.output():
+        return f"no line says the second SIGTERM kills every task: {run.output()[-3000:]}"
+    status = run.process.returncode
+    if status in (0, None):
+        return f"bwtf-launch exited {status} after a second SIGTERM"
+    problem = _check_launch(run, model_dir, tasks, status, tf, ckpt, summary)
+    summary["trials"] += 0 if problem else 1
+    return problem
+
+
+def scenario_chief_fails_at_startup(args, workdir, tf, ckpt, summary):
+    """A chief with a bad --data_dir exits 2 before training: every other task
+    ends within seconds with a line that says so, and the launcher exits 2."""
+    del args
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    tasks = _tasks(1, 3, evaluator=True)
+    # The dataset flags the tasks get replace the synthetic input.
+    run = _Launch(workdir, model_dir, ["--num_ps=1", "--num_workers=3", "--evaluator"],
+                  ["--train_steps=100", "--use_synthetic_data=false", "--dataset=imagenet_archive",
+                   "--data_dir=/nonexistent/bwtf-harness-tfds"])
+    if run.wait(180) is None:
+        return f"bwtf-launch still ran 180 s after a chief that fails at startup: {run.output()[-3000:]}"
+    output = run.output()
+    chief_line = re.search(r"^\[launch\] chief exited with status 2$", output, re.M)
+    others = [line for line in output.splitlines() if _STATUS_LINE.match(line) and "chief exited" not in line]
+    if chief_line is None or "/nonexistent/bwtf-harness-tfds" not in output:
+        return f"the chief did not fail with one line naming the bad --data_dir: {output[-3000:]}"
+    wrong = [line for line in others
+             if not re.search(r"(exited with status 2|stopped: the chief failed with status 2)$", line)]
+    if wrong:
+        return f"tasks ended without saying the chief failed: {wrong}"
+    problem = _check_launch(run, model_dir, tasks, 2, tf, ckpt, summary)
+    summary["trials"] += 0 if problem else 1
+    return problem
+
+
+def scenario_slow_worker(args, workdir, tf, ckpt, summary):
+    """One of three workers is stopped (SIGSTOP) most of the time, so its
+    gradients come late: the run still ends with ckpt-N at --train_steps=N,
+    every task exits 0, and the pointers name ckpt-N (a worker never writes them)."""
+    del args
+    model_dir = tempfile.mkdtemp(dir=workdir)
+    steps = 120
+    tasks = _tasks(1, 3, evaluator=False)
+    run = _Launch(workdir, model_dir, ["--num_ps=1", "--num_workers=3"],
+                  [f"--train_steps={steps}", "--save_checkpoints_steps=40", "--batch_size=2"])
+    problem = run.wait_for_chief_step(10)
+    slow = run.pid_of("worker:1")
+    if problem or slow is None:
+        run.kill()
+        return problem or f"no pid for worker:1: {run.output()[-3000:]}"
+    deadline = time.monotonic() + 600
+    while run.process.poll() is None and time.monotonic() < deadline:
+        try:  # stopped 0.9 s of every second
+            os.kill(slow, signal.SIGSTOP)
+            time.sleep(0.9)
+        except OSError:
+            break
+        finally:
+            try:
+                os.kill(slow, signal.SIGCONT)
+            except OSError:
+                pass
+        time.sleep(0.1)
+    if run.wait(120) is None:
+        return f"bwtf-launch did not end with a slow worker: {run.output()[-3000:]}"
+    problem = _check_launch(run, model_dir, tasks, 0, tf, ckpt, summary, final_step=steps)
+    if problem is None and re.search(r"^\[launch\] \S+ exited with status [1-9]", run.output(), re.M):
+        problem = f"a task did not exit 0: {run.output()[-3000:]}"
+    summary["trials"] += 0 if problem else 1
+    return problem
+
+
+# -- gs://: a writer and a long-lived reader against the GCS emulator ----------
+
+def _start_gcs_emulator(workdir):
+    """(process, STORAGE_EMULATOR_HOST) of gcp-storage-emulator, or (None, why not)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
+    exe = exe if os.path.exists(exe) else shutil.which("gcp-storage-emulator")
+    if exe is None:
+        return None, "gcp-storage-emulator is not installed (pip install 'bwtf[test]')"
+    import socket  # pylint: disable=import-outside-toplevel
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "start", f"--port={port}", "--in-memory", f"--default-bucket={_BUCKET}",
+                             "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("localhost", port), timeout=1).close()
+            return proc, f"http://localhost:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    return None, "the GCS emulator did not listen within 30 s"
+
+
+_BUCKET = "bwtf-harness"
+
+
+def scenario_gcs_writer_reader(args, workdir, tf, ckpt, summary):
+    """A writer saves to gs:// (retention keep 1) while a long-lived reader
+    restores the newest checkpoint in a loop: the reader sees every new
+    checkpoint (listings refreshed) up to the last, never fails, and every
+    restore holds the values of the step it names."""
+    del args
+    emulator, host = _start_gcs_emulator(workdir)
+    if emulator is None:
+        return host
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    try:
+        model_dir = f"gs://{_BUCKET}/run-{uuid.uuid4().hex[:8]}"
+        saves = 8
+        reader = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--reader", model_dir,
+                                   f"--saves={saves}"], env=_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        writer = _start_writer(model_dir, saves, "--keep_last=1", "--pause=0.3")
+        writer_rc, _, writer_err = _finish(writer)
+        try:
+            reader_out, reader_err = reader.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            reader.kill()
+            reader.communicate()
+            return f"the gs:// reader never saw step {saves} within 300 s of the writer's end"
+        if writer_rc != 0:
+            return f"the gs:// writer exited {writer_rc}: {writer_err[-2000:]}"
+        if reader.returncode != 0:
+            return f"the gs:// reader failed ({reader.returncode}): {reader_err[-3000:]}"
+        restored = [int(l.split()[1]) for l in reader_out.splitlines() if l.startswith("restored")]
+        if restored != sorted(restored) or len(set(restored)) < 2:
+            return f"the gs:// reader did not follow the writer: it restored {restored}"
+        problem = _check_newest(model_dir, tf, ckpt)
+        if problem is None and ckpt.latest_intact_checkpoint(model_dir).step != saves:
+            problem = f"the newest intact gs:// checkpoint is not step {saves}"
+        summary["trials"] += 0 if problem else 1
+        summary.setdefault("gcs_reader_restores", []).append(len(set(restored)))
+        return problem
+    finally:
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+        emulator.kill()
+        emulator.wait()
+
+
 SCENARIOS = {
     "train_corrupt_newest": scenario_train_corrupt_newest,
     "train_pointer_crash": scenario_train_pointer_crash,
@@ -438,6 +802,11 @@ SCENARIOS = {
     "two_writers": scenario_two_writers,
     "prune_loop": scenario_prune_loop,
     "reader_deletes": scenario_reader_deletes,
+    "slow_worker": scenario_slow_worker,
+    "second_sigterm": scenario_second_sigterm,
+    "ctrl_c": scenario_ctrl_c,
+    "chief_fails_at_startup": scenario_chief_fails_at_startup,
+    "gcs_writer_reader": scenario_gcs_writer_reader,
 }
 
 

@@ -7,7 +7,9 @@ checkpoint file naming the newest intact checkpoint, which restores into a
 fresh graph with exactly the values saved at its step. The other scenarios
 race real processes: two writers on one model_dir, ``bwtf-ckpt prune`` and a
 rogue deleter during saves, a reader restoring while retention deletes. The
-long runs are the same script with ``--trials``.
+long runs are the same script with ``--trials``. The cluster scenarios (a slow
+worker, a second SIGTERM, Ctrl-C, a chief failing at startup) run bwtf-launch;
+the gs:// pair runs against gcp-storage-emulator.
 """
 import json
 import os
@@ -54,3 +56,14 @@ def test_prune_and_a_rogue_deleter_never_kill_the_writer():
 def test_a_reader_survives_retention_deleting_under_it():
     summary = _run("--scenario=reader_deletes", "--trials=1", timeout=580)
     assert summary["trials"] == 1 and summary["reader_restores"][0] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("scenario", ["slow_worker", "second_sigterm", "ctrl_c", "chief_fails_at_startup",
+                                      "gcs_writer_reader"])
+def test_cluster_and_gcs_scenarios(scenario):
+    """The harness's bwtf-launch and gs:// scenarios, once each (the module
+    docstring of scripts/crash_consistency.py lists what each asserts)."""
+    summary = _run(f"--scenario={scenario}", "--trials=1", timeout=880)
+    assert summary["trials"] == 1

@@ -5,8 +5,11 @@ on one model_dir, with the damage a crash or a bad disk leaves in between,
 and asserts what a user would notice: the step it resumes from, the step it
 ends at, and which committed checkpoints survived.
 """
+import collections
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -22,13 +25,13 @@ _ROLE_VARIABLES = ("TF_CONFIG", "SLURM_JOB_ID", "SLURM_PROCID", "PBS_NODEFILE", 
                    "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PALS_RANKID", "ALPS_APP_PE")
 
 
-def _train(model_dir, *extra, **env):
+def _train(model_dir, *extra, wrap=(), **env):
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **env)
     for name in _ROLE_VARIABLES:
         full_env.pop(name, None)
-    run = subprocess.run([sys.executable, "-m", "bwtf.estimator.train", *_FLAGS,
+    run = subprocess.run([*wrap, sys.executable, "-m", "bwtf.estimator.train", *_FLAGS,
                           f"--model_dir={model_dir}", *extra], capture_output=True, text=True,
-                         timeout=300, env=full_env, check=False)
+                         timeout=600, env=full_env, check=False)
     return run.returncode, run.stdout + run.stderr
 
 
@@ -67,3 +70,48 @@ def test_planted_links_in_a_run_folder_never_lead_training_outside_it(tmp_path):
     assert sorted(os.listdir(outside)) == ["data"] and (outside / "data").read_text() == "keep me"
     assert os.path.islink(model_dir / "ckpt-1")
     assert [s.step for s in ckpt.list_checkpoints(str(model_dir)) if s.intact] == [8]
+
+
+_READ = re.compile(r"^\d+ +(?:read|pread64|readv|preadv)\(\d+<([^>]+)>.*\) += (\d+)$")
+
+
+def _bytes_read(strace_log, model_dir):
+    """{file below model_dir: bytes read from it}, by every process strace followed."""
+    totals = collections.Counter()
+    with open(strace_log, encoding="utf-8", errors="replace") as log:
+        for line in log:
+            match = _READ.match(line.strip())
+            if match and match.group(1).startswith(model_dir + os.sep):
+                totals[os.path.relpath(match.group(1), model_dir)] += int(match.group(2))
+    return totals
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(shutil.which("strace") is None, reason="counts the kernel's reads with strace")
+def test_a_restarting_chief_reads_each_checkpoint_once_to_verify_it(tmp_path):
+    """Every read syscall of the restarting process (TensorFlow's C++ included) is
+    counted by strace: the checkpoint it resumes from is read twice in all (one
+    verification, one RestoreV2), and a newer corrupt one once (its failed check
+    is remembered, not repeated by every reader that asks)."""
+    model_dir = str(tmp_path / "run")
+    code, log = _train(model_dir, "--train_steps=8", "--save_checkpoints_steps=4")
+    assert code == 0, log[-3000:]
+    data = [n for n in os.listdir(os.path.join(model_dir, "ckpt-8")) if ".data-" in n]
+    with open(os.path.join(model_dir, "ckpt-8", data[0]), "r+b") as f:  # same size, other bytes
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    trace = str(tmp_path / "strace.log")
+    code, log = _train(model_dir, "--train_steps=6", "--save_checkpoints_steps=4",
+                       wrap=["strace", "-f", "-qq", "-y", "-s", "0", "-o", trace,
+                             "-e", "trace=read,pread64,readv,preadv"])
+    assert code == 0, log[-3000:]
+    assert "ckpt-4/model.ckpt-4 (step 4)" in log and log.count("Skipping checkpoint") >= 1
+    read = _bytes_read(trace, os.path.realpath(model_dir))
+    for step, reads in ((4, 2), (8, 1)):
+        directory = os.path.join(model_dir, f"ckpt-{step}")
+        for name in os.listdir(directory):
+            if ".data-" in name:
+                size = os.path.getsize(os.path.join(directory, name))
+                assert read[f"ckpt-{step}/{name}"] == reads * size, (step, name, size, read)

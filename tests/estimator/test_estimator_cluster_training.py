@@ -57,7 +57,7 @@ def test_ps_cluster_learns_the_digits(tmp_path, digits_flags):
     assert re.search(r"images/s this worker, [\d.]+ images/s job, [\d.]+ steps/s, ETA", chief_log)
     precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
     assert precision >= 0.95, f"precision@1 {precision} on the validation split"
-    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step >= 500
+    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 500  # exactly --train_steps, however the two workers raced
 
 
 @pytest.mark.slow
@@ -103,3 +103,34 @@ def test_collective_workers_learn_the_digits_from_real_data(tmp_path, digits_fla
     precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
     assert precision >= 0.95, f"precision@1 {precision} on the validation split"
     assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 500
+
+
+def _manifest_step(model_dir, step):
+    with open(f"{model_dir}/ckpt-{step}/MANIFEST.json", encoding="utf-8") as f:
+        return json.load(f)["step"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("mode", ["async", "sync_replicas"])
+def test_train_steps_n_ends_with_ckpt_n_however_many_workers_race(tmp_path, mode):
+    """Four training tasks on one ps race for the last steps: the run ends with ckpt-N,
+    whose name, manifest and stored global_step all say N; a rerun with the same flags
+    trains nothing and still ends at N, and a longer rerun ends exactly at its new N."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    model_dir = str(tmp_path / "run")
+    extra = ["--sync_replicas"] if mode == "sync_replicas" else []
+    # Tiny steps, checked every step: the workers' runs overlap the chief's last one.
+    flags = [*_SYNTHETIC, f"--model_dir={model_dir}", "--distribution=ps", "--batch_size=2",
+             "--save_checkpoints_steps=1000", *extra]
+    for steps in (37, 37, 61):
+        results = _run_cluster(tmp_path, f"race-{steps}", [*flags, f"--train_steps={steps}"],
+                               ps_count=1, worker_count=4, timeout=600)
+        _assert_all_exited_cleanly(results)
+        latest = ckpt.latest_intact_checkpoint(model_dir)
+        assert latest.step == steps, [s.step for s in ckpt.list_checkpoints(model_dir)]
+        assert max(s.step for s in ckpt.list_checkpoints(model_dir)) == steps
+        assert _manifest_step(model_dir, steps) == steps
+        assert tf.train.load_checkpoint(latest.path).get_tensor("global_step") == steps
+        assert f"done: {steps} steps" in results["chief"][1]

@@ -54,7 +54,7 @@ def main(argv):
                   for key, entries in lists.items()]
         GOLDEN.write_text("{\n" + ",\n".join(blocks) + "\n}\n")
         return 0
-    if argv[1:3] == ["--list"]:  # --list <precision>: the lists as JSON on stdout
+    if argv[1:2] == ["--list"]:  # --list <precision>: the lists as JSON on stdout
         print(json.dumps(all_variable_lists(argv[3] if len(argv) > 3 else "fp32")))
         return 0
     print(f"usage: {argv[0]} --write | --list [fp32|bf16|fp16]", file=sys.stderr)

@@ -5,11 +5,16 @@ Sub-packages:
   bwtf.estimator  the training, evaluation, export and launch programs
   bwtf.ckpt       checkpoints gathered on the chief and committed atomically
 
-Importing ``bwtf`` checks the installed TensorFlow before anything else: bwtf is
-built on ``tf.estimator``, which TensorFlow removed in 2.16, and failing here with
-a plain message beats an AttributeError deep inside a training job. The check
-reads the version from the installed distribution's metadata instead of
-importing TensorFlow (seconds of start-up), so ``import bwtf`` stays cheap. It
+Importing ``bwtf`` checks the installed TensorFlow before anything else: bwtf
+supports TensorFlow 2.15.x (the last release with ``tf.estimator``) and 2.21.x
+(without it; bwtf's own Estimator-compatible runner stands in), and refuses any
+other version, and an environment that mixes installs (two TensorFlow
+distributions of different versions, or tensorflow-estimator beside 2.21, or
+one of another version beside 2.15), with one line that says what to install:
+failing here beats an AttributeError deep inside a training job.
+``TENSORFLOW_LINE`` says which of the two is installed. The check reads
+versions from the installed distributions' metadata instead of importing
+TensorFlow (seconds of start-up), so ``import bwtf`` stays cheap. It
 deliberately does not check CUDA or CPU features: TensorFlow reports those.
 
 The root package also holds the two primitives every part shares, so that no
@@ -48,12 +53,19 @@ import pathlib
 import stat
 import uuid
 
-SUPPORTED = "2.15"
+SUPPORTED = ("2.15", "2.21")
 _INSTALL_HINT = (
-    "Install the pinned TensorFlow with bwtf's extras: "
-    "pip install 'bwtf[cpu]' (tensorflow-cpu==2.15.1) or 'bwtf[gpu]' "
-    "(tensorflow[and-cuda]==2.15.1), in a fresh virtual environment."
+    "Install bwtf with one TensorFlow extra, in a fresh virtual environment: "
+    "pip install 'bwtf[cpu]' (tensorflow-cpu==2.15.1, with tf.estimator), 'bwtf[gpu]' "
+    "(tensorflow[and-cuda]==2.15.1), 'bwtf[cpu-tf221]' (tensorflow-cpu==2.21.0) or "
+    "'bwtf[gpu-tf221]' (tensorflow[and-cuda]==2.21.0)."
 )
+# Distributions that install the ``tensorflow`` package: two of them in one
+# environment overwrite each other's files, whichever was installed last wins.
+_TENSORFLOW_DISTRIBUTIONS = frozenset((
+    "tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel", "tensorflow-macos",
+    "tensorflow-aarch64", "tf-nightly", "tf-nightly-cpu", "tf-nightly-gpu", "intel-tensorflow",
+))
 
 
 class UnsupportedTensorFlowError(ImportError):
@@ -86,36 +98,69 @@ def _major_minor(version):
         return None
 
 
+def _installed_tensorflow_distributions():
+    """{"tensorflow-cpu 2.15.1", ...}: every TensorFlow distribution on sys.path."""
+    found = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name in _TENSORFLOW_DISTRIBUTIONS:
+            found.add(f"{name} {dist.version}")
+    return found
+
+
+def _check_one_tensorflow(version):
+    """Refuses TensorFlow distributions of different versions in one environment."""
+    installed = _installed_tensorflow_distributions()
+    versions = {entry.split()[1] for entry in installed} | {version}
+    if len(versions) > 1:
+        raise UnsupportedTensorFlowError(
+            f"this environment mixes TensorFlow installs: {', '.join(sorted(installed))} "
+            f"(Python imports TensorFlow {version}); their files overwrite each other. " + _INSTALL_HINT)
+
+
+def _check_estimator(version):
+    """tensorflow-estimator 2.15 beside TensorFlow 2.15, and none beside 2.21."""
+    estimator = importlib.util.find_spec("tensorflow_estimator") is not None
+    estimator_version = _distribution_version("tensorflow_estimator") if estimator else None
+    if _major_minor(version) == (2, 15):
+        if not estimator:
+            raise UnsupportedTensorFlowError(
+                f"TensorFlow {version} is installed but tensorflow-estimator is missing; "
+                "pip install 'tensorflow-estimator~=2.15.0'. " + _INSTALL_HINT)
+        if estimator_version is not None and _major_minor(estimator_version) != (2, 15):
+            raise UnsupportedTensorFlowError(
+                f"this environment mixes TensorFlow installs: tensorflow-estimator {estimator_version} "
+                f"beside TensorFlow {version}; pip install 'tensorflow-estimator~=2.15.0'. " + _INSTALL_HINT)
+    elif estimator:
+        raise UnsupportedTensorFlowError(
+            f"this environment mixes TensorFlow installs: tensorflow-estimator {estimator_version or '(unknown)'} "
+            f"(made for TensorFlow 2.15) beside TensorFlow {version}, which has no tf.estimator; "
+            "pip uninstall tensorflow-estimator, or " + _INSTALL_HINT[0].lower() + _INSTALL_HINT[1:])
+
+
 def require_supported_tensorflow():
-    """Raises UnsupportedTensorFlowError unless TensorFlow 2.15.x is installed."""
+    """Raises UnsupportedTensorFlowError unless one TensorFlow 2.15.x or 2.21.x is installed.
+
+    Returns the supported line, "2.15" or "2.21" (None for a source build
+    without metadata: TensorFlow will complain itself if it cannot work).
+    """
     if importlib.util.find_spec("tensorflow") is None:
         raise UnsupportedTensorFlowError(
-            "bwtf needs TensorFlow 2.15, but no 'tensorflow' module is installed. "
-            + _INSTALL_HINT
-        )
+            "bwtf needs TensorFlow 2.15 or 2.21, but no 'tensorflow' module is installed. " + _INSTALL_HINT)
     version = _distribution_version("tensorflow")
     if version is None:
-        return  # A source build without metadata: trust it, TF will complain itself.
+        return None
     found = _major_minor(version)
-    if found is not None and found >= (2, 16):
+    if found not in ((2, 15), (2, 21)):
         raise UnsupportedTensorFlowError(
-            f"bwtf needs TensorFlow {SUPPORTED}.x, but TensorFlow {version} is installed. "
-            "tf.estimator, which bwtf is built on, was removed in TensorFlow 2.16. "
-            + _INSTALL_HINT
-        )
-    if found is not None and found < (2, 15):
-        raise UnsupportedTensorFlowError(
-            f"bwtf needs TensorFlow {SUPPORTED}.x, but TensorFlow {version} is installed. "
-            + _INSTALL_HINT
-        )
-    if importlib.util.find_spec("tensorflow_estimator") is None:
-        raise UnsupportedTensorFlowError(
-            f"TensorFlow {version} is installed but tensorflow-estimator is missing; "
-            "pip install 'tensorflow-estimator~=2.15.0'. " + _INSTALL_HINT
-        )
+            f"bwtf needs TensorFlow 2.15.x or 2.21.x, but TensorFlow {version} is installed. " + _INSTALL_HINT)
+    _check_one_tensorflow(version)
+    _check_estimator(version)
+    return f"{found[0]}.{found[1]}"
 
 
-require_supported_tensorflow()
+# "2.15" (tf.estimator) or "2.21" (no tf.estimator: bwtf's own runner); None for a source build.
+TENSORFLOW_LINE = require_supported_tensorflow()
 
 __version__ = "0.1.0"
 

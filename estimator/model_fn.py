@@ -255,16 +255,36 @@ def model_variable_shapes(train_config):
         return {v.op.name: tuple(v.shape.as_list()) for v in tf.compat.v1.global_variables()}
 
 
+def _some(names, shown=3):
+    listed = ", ".join(names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _unexpected_variables(stored, expected):
+    """The checkpoint's model variables this model lacks (optimizer slots of its own ones excepted)."""
+    def belongs(name):
+        parts = name.split("/")
+        return any("/".join(parts[:end]) in expected for end in range(1, len(parts) + 1))
+    return sorted(name for name in stored if name.startswith(MODEL_SCOPE + "/") and not belongs(name))
+
+
 def check_checkpoint_compatible(checkpoint_path, train_config):
-    """Raises CheckpointMismatchError unless the checkpoint fits this model and class count."""
+    """Raises CheckpointMismatchError unless the checkpoint fits this model and class count.
+
+    The error names the model's variables the checkpoint lacks and the model
+    variables it has that this model does not (e.g. a checkpoint of another
+    model, or of a layout bwtf never wrote).
+    """
     stored = dict(tf.train.list_variables(checkpoint_path))
     expected = model_variable_shapes(train_config)
     missing = sorted(set(expected) - set(stored))
     if missing:
+        unexpected = _unexpected_variables(stored, expected)
+        extra = f"; it has {len(unexpected)} the model does not ({_some(unexpected)})" if unexpected else ""
         raise CheckpointMismatchError(
             f"checkpoint {checkpoint_path} was not written by model {train_config.model.name!r}: "
-            f"it lacks {len(missing)} of its variables (e.g. {missing[0]}). Use the --model it was "
-            "trained with, or a fresh --model_dir.")
+            f"it lacks {len(missing)} of its {len(expected)} variables ({_some(missing)}){extra}. "
+            "Use the --model it was trained with, or a fresh --model_dir.")
     wrong = [(name, tuple(stored[name]), shape) for name, shape in sorted(expected.items())
              if tuple(stored[name]) != shape]
     if wrong:

@@ -1,4 +1,4 @@
-"""The installed package is `bwtf` and nothing else, and it refuses TensorFlow >= 2.16.
+"""The installed package is `bwtf` and nothing else, and it refuses a TensorFlow it cannot run.
 
 The repository root is the package (``package_dir={"bwtf": "."}``), which makes it
 easy to ship ``data``, ``estimator`` or ``ckpt`` as top-level packages by mistake:
@@ -102,31 +102,73 @@ def test_development_install_coexists_with_a_users_data_package(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def _fake_tensorflow(root, version):
-    """A site dir whose `tensorflow` distribution claims `version`."""
-    (root / "tensorflow").mkdir(parents=True)
-    (root / "tensorflow" / "__init__.py").write_text(f"__version__ = '{version}'\n")
-    info = root / f"tensorflow-{version}.dist-info"
+def _fake_distribution(root, module, name, version):
+    """A site dir in which distribution ``name`` claims ``version`` and provides ``module``."""
+    (root / module).mkdir(parents=True)
+    (root / module / "__init__.py").write_text(f"__version__ = '{version}'\n")
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorflow\nVersion: {version}\n")
-    (info / "top_level.txt").write_text("tensorflow\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(f"{module}\n")
     return root
 
 
-@pytest.mark.parametrize("version, expected", [
-    ("2.16.1", "tf.estimator, which bwtf is built on, was removed in TensorFlow 2.16"),
-    ("2.17.0", "TensorFlow 2.17.0 is installed"),
-    ("2.14.1", "bwtf needs TensorFlow 2.15.x, but TensorFlow 2.14.1 is installed"),
-])
-def test_import_refuses_unsupported_tensorflow(tmp_path, version, expected):
-    site = _fake_tensorflow(tmp_path / "site", version)
-    result = subprocess.run([sys.executable, "-c", "import bwtf"], cwd=tmp_path,
-                            env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True)
-    assert result.returncode != 0
-    last_line = result.stderr.strip().splitlines()[-1]
+def _fake_tensorflow(root, version):
+    return _fake_distribution(root, "tensorflow", "tensorflow", version)
+
+
+def _import_bwtf(site, python=sys.executable, code="import bwtf"):
+    """Imports this tree's bwtf with ``site`` first on the path; returns the last line of stderr."""
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run([python, "-c", code], cwd=site.parent, env=dict(os.environ, PYTHONPATH=path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0, result.stdout
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("version", ["2.16.1", "2.17.0", "2.20.0", "2.22.0", "2.14.1", "3.0.0"])
+def test_import_refuses_unsupported_tensorflow(tmp_path, version):
+    last_line = _import_bwtf(_fake_tensorflow(tmp_path / "site", version))
     assert "UnsupportedTensorFlowError" in last_line
-    assert expected in last_line
-    assert "pip install 'bwtf[cpu]'" in last_line
+    assert f"bwtf needs TensorFlow 2.15.x or 2.21.x, but TensorFlow {version} is installed" in last_line
+    assert "pip install 'bwtf[cpu]' (tensorflow-cpu==2.15.1" in last_line
+    assert "'bwtf[cpu-tf221]' (tensorflow-cpu==2.21.0)" in last_line
+
+
+def test_import_refuses_two_tensorflow_distributions_of_different_versions(tmp_path):
+    # A tensorflow 2.21.0 installed over this environment's tensorflow-cpu 2.15.1.
+    last_line = _import_bwtf(_fake_tensorflow(tmp_path / "site", "2.21.0"))
+    assert "this environment mixes TensorFlow installs: tensorflow 2.21.0, tensorflow-cpu 2.15.1" in last_line
+    assert "(Python imports TensorFlow 2.21.0)" in last_line and "fresh virtual environment" in last_line
+
+
+def test_import_refuses_an_estimator_of_another_version(tmp_path):
+    site = _fake_distribution(tmp_path / "site", "tensorflow_estimator", "tensorflow-estimator", "2.14.0")
+    last_line = _import_bwtf(site)
+    assert "tensorflow-estimator 2.14.0 beside TensorFlow 2.15.1" in last_line
+    assert "pip install 'tensorflow-estimator~=2.15.0'" in last_line
+
+
+def _tf221_python():
+    python = os.environ.get("BWTF_TF221_PYTHON") or (
+        "/work/venv221/bin/python" if os.path.exists("/work/venv221/bin/python") else None)
+    if not python:
+        pytest.skip("no TensorFlow 2.21 interpreter: set BWTF_TF221_PYTHON")
+    return python
+
+
+def test_import_accepts_tensorflow_221_alone():
+    result = subprocess.run([_tf221_python(), "-c", "import bwtf; print(bwtf.TENSORFLOW_LINE)"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2.21"
+
+
+def test_import_refuses_tensorflow_estimator_beside_221(tmp_path):
+    site = _fake_distribution(tmp_path / "site", "tensorflow_estimator", "tensorflow-estimator", "2.15.0")
+    last_line = _import_bwtf(site, _tf221_python())
+    assert ("this environment mixes TensorFlow installs: tensorflow-estimator 2.15.0 (made for TensorFlow 2.15) "
+            "beside TensorFlow 2.21.0, which has no tf.estimator; pip uninstall tensorflow-estimator") in last_line
 
 
 @pytest.mark.parametrize("hidden, expected", [

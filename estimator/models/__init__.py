@@ -1,8 +1,10 @@
 """The model builders: ``logits(name, images, num_classes, training)``.
 
 Every model is a function from a float NHWC image batch to unscaled logits,
-built with plain ``tf.compat.v1.layers`` inside the caller's graph (``model_fn``
-calls it; nothing here owns a graph, a session or a loss). Models:
+built with bwtf's own layer functions (``_layers``: ``tf.compat.v1.get_variable``
+and ``tf.nn``, no Keras, so the same code builds on TensorFlow 2.15 and 2.21)
+inside the caller's graph (``model_fn`` calls it; nothing here owns a graph, a
+session or a loss). Models:
 
   resnet50      ResNet-50 v1.5 (stride on the 3x3 conv), native 224, 25,557,032 parameters
   inception_v3  Inception v3 without the auxiliary head, native 299, min 75, 23,834,568

@@ -52,7 +52,7 @@ def _adaptive_average_pool(net, side):
 
 
 def logits(images, num_classes, training):
-    pool = tf.compat.v1.layers.max_pooling2d
+    pool = _layers.max_pool
     net = tf.pad(images, [[0, 0], [2, 2], [2, 2], [0, 0]])
     net = _conv_relu(net, 64, 11, strides=4, padding="valid", name="conv1")
     net = pool(net, 3, 2, padding="valid")
@@ -62,8 +62,8 @@ def logits(images, num_classes, training):
     net = _conv_relu(net, 256, 3, name="conv4")
     net = _conv_relu(net, 256, 3, name="conv5")
     net = pool(net, 3, 2, padding="valid")
-    net = tf.compat.v1.layers.flatten(_adaptive_average_pool(net, _POOLED_SIDE))
+    net = _layers.flatten(_adaptive_average_pool(net, _POOLED_SIDE))
     for index in (6, 7):
-        net = tf.compat.v1.layers.dropout(net, _DROPOUT, training=training)
+        net = _layers.dropout(net, _DROPOUT, training=training)
         net = tf.nn.relu(_layers.dense(net, 4096, name=f"fc{index}"))
     return _layers.classifier(net, num_classes)

@@ -27,7 +27,7 @@ def _cbr(net, filters, kernel, training, strides=1, padding="same"):
 
 
 def _avg_pool_branch(net, filters, training):
-    net = tf.compat.v1.layers.average_pooling2d(net, 3, 1, padding="same")
+    net = _layers.average_pool(net, 3, 1, padding="same")
     return _cbr(net, filters, 1, training)
 
 
@@ -46,7 +46,7 @@ def _reduction_a(net, training):
     branches = [
         _cbr(net, 384, 3, training, strides=2, padding="valid"),
         _cbr(deep, 96, 3, training, strides=2, padding="valid"),
-        tf.compat.v1.layers.max_pooling2d(net, 3, 2, padding="valid"),
+        _layers.max_pool(net, 3, 2, padding="valid"),
     ]
     return tf.concat(branches, axis=3)
 
@@ -71,7 +71,7 @@ def _reduction_b(net, training):
     branches = [
         _cbr(short, 320, 3, training, strides=2, padding="valid"),
         _cbr(long, 192, 3, training, strides=2, padding="valid"),
-        tf.compat.v1.layers.max_pooling2d(net, 3, 2, padding="valid"),
+        _layers.max_pool(net, 3, 2, padding="valid"),
     ]
     return tf.concat(branches, axis=3)
 
@@ -94,10 +94,10 @@ def _stem(images, training):
     net = _cbr(images, 32, 3, training, strides=2, padding="valid")
     net = _cbr(net, 32, 3, training, padding="valid")
     net = _cbr(net, 64, 3, training)
-    net = tf.compat.v1.layers.max_pooling2d(net, 3, 2, padding="valid")
+    net = _layers.max_pool(net, 3, 2, padding="valid")
     net = _cbr(net, 80, 1, training, padding="valid")
     net = _cbr(net, 192, 3, training, padding="valid")
-    return tf.compat.v1.layers.max_pooling2d(net, 3, 2, padding="valid")
+    return _layers.max_pool(net, 3, 2, padding="valid")
 
 
 def logits(images, num_classes, training):
@@ -117,5 +117,5 @@ def logits(images, num_classes, training):
         with scope(name):
             net = _block_8(net, training)
     net = _layers.global_average_pool(net)
-    net = tf.compat.v1.layers.dropout(net, _DROPOUT, training=training)
+    net = _layers.dropout(net, _DROPOUT, training=training)
     return _layers.classifier(net, num_classes)

@@ -36,7 +36,7 @@ def _bottleneck(inputs, filters, strides, training, project):
 
 def logits(images, num_classes, training):
     net = _layers.conv_bn_relu(images, 64, 7, training, strides=2, name="conv1")
-    net = tf.compat.v1.layers.max_pooling2d(net, 3, 2, padding="same")
+    net = _layers.max_pool(net, 3, 2, padding="same")
     for stage, (filters, blocks) in enumerate(_STAGES):
         for block in range(blocks):
             strides = 2 if (block == 0 and stage > 0) else 1

@@ -18,6 +18,6 @@ def logits(images, num_classes, training):
     net = images
     for index, filters in enumerate((16, 32, 64, 64)):
         net = _layers.conv_bn_relu(net, filters, 3, training, name=f"block{index + 1}")
-        net = tf.compat.v1.layers.max_pooling2d(net, 2, 2, padding="same")
+        net = _layers.max_pool(net, 2, 2, padding="same")
     net = _layers.global_average_pool(net)
     return _layers.classifier(net, num_classes)

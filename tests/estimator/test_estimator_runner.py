@@ -182,3 +182,22 @@ def test_a_ps_cluster_learns_the_digits_through_the_runner(use_runner, digits_fl
     precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
     assert precision >= 0.95, f"precision@1 {precision} on the validation split"
     assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step >= 500
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sync_replicas_trains_through_the_runner(use_runner, tmp_path):
+    """--sync_replicas: the optimizer's hooks come from model_fn; every task exits 0, the ps too."""
+    ports = free_ports(3)
+    hosts = [f"--ps_hosts=localhost:{ports[0]}", f"--worker_hosts=localhost:{ports[1]},localhost:{ports[2]}"]
+    flags = [*_SYNTHETIC, f"--model_dir={tmp_path / 'run'}", "--train_steps=20", "--sync_replicas", *hosts]
+    names = {"ps": ["--job_name=ps", "--task_index=0"], "worker": ["--job_name=worker", "--task_index=1"],
+             "chief": ["--job_name=worker", "--task_index=0"]}
+    tasks = {name: start_train([*flags, *extra], tmp_path / f"{name}.log") for name, extra in names.items()}
+    results = {"chief": finish(tasks.pop("chief"), tmp_path / "chief.log", 400)}
+    for name, process in tasks.items():
+        results[name] = finish(process, tmp_path / f"{name}.log", 120)
+    for name, (code, log) in results.items():
+        assert code == 0, f"{name} exited with {code}:\n{log[-3000:]}"
+    assert "distribution=ps sync" in (tmp_path / "run" / "logs" / "chief.log").read_text()
+    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 20

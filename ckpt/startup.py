@@ -10,7 +10,8 @@ training is already done ("Skipping training since max_steps has already
 saved") from TF's ``checkpoint`` file, without bwtf's checks, and a worker
 may read it before the chief has repaired it. This replaces that decision
 with the verified reader: the global step of the newest intact checkpoint.
-A model_dir without bwtf checkpoints keeps Estimator's own reading.
+A model_dir without bwtf checkpoints keeps Estimator's own reading. bwtf's
+own runner makes the same decision through ``saved_global_step``.
 """
 from bwtf.ckpt import commit
 from bwtf.ckpt import fence
@@ -29,6 +30,28 @@ def verified_global_step(model_dir, full=True):
     return ref.step if ref is not None else 0
 
 
+def saved_global_step(model_dir, full=True, stock=None):
+    """The step training resumes from: the newest intact bwtf checkpoint's.
+
+    A model_dir without bwtf checkpoints is read by ``stock(model_dir)`` (the
+    reader it replaces; by default TF's pointer and the checkpoint's
+    ``global_step``), 0 when it holds nothing.
+    """
+    store = commit.as_storage(model_dir)
+    if commit.candidate_names(store):
+        return verified_global_step(store, full=full)
+    return (stock or _stock_global_step)(model_dir)
+
+
+def _stock_global_step(model_dir):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    prefix = tf.train.latest_checkpoint(model_dir)
+    if prefix is None:
+        return 0
+    return int(tf.train.load_checkpoint(prefix).get_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP))
+
+
 def install_estimator_step_reader(full=True):
     """Makes tf.estimator's step-limit decision use the verified reader.
 
@@ -41,10 +64,7 @@ def install_estimator_step_reader(full=True):
                     "bwtf_stock", estimator_lib._load_global_step_from_checkpoint_dir)  # pylint: disable=protected-access
 
     def load_global_step(checkpoint_dir):
-        store = commit.as_storage(checkpoint_dir)
-        if not commit.candidate_names(store):
-            return stock(checkpoint_dir)
-        return verified_global_step(store, full=full)
+        return saved_global_step(checkpoint_dir, full=full, stock=stock)
 
     load_global_step.bwtf_stock = stock
     estimator_lib._load_global_step_from_checkpoint_dir = load_global_step  # pylint: disable=protected-access

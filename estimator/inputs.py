@@ -44,6 +44,7 @@ from typing import Tuple
 import tensorflow as tf
 
 import bwtf
+from bwtf.estimator.runner import spec
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _EVAL_CENTRAL_FRACTION = 0.875
@@ -266,7 +267,7 @@ def _raw_examples(dataset_config, training, input_context):
 
 def input_fn(dataset_config, mode, batch_size, input_context=None):
     """Batches of (images, labels) from the TFDS dataset; see the module docstring."""
-    training = mode == tf.estimator.ModeKeys.TRAIN
+    training = mode == spec.ModeKeys.TRAIN
     dataset = _raw_examples(dataset_config, training, input_context)
     jpeg = _stores_jpeg(_builder(dataset_config))
     size = dataset_config.image_size
@@ -299,7 +300,7 @@ def synthetic_input_fn(dataset_config, mode, batch_size, input_context=None):
     labels = tf.random.stateless_uniform(
         [batch_size], seed=[3, 4], maxval=dataset_config.num_classes, dtype=tf.int64)
     dataset = tf.data.Dataset.from_tensors((images, labels)).cache()
-    dataset = dataset.repeat() if mode == tf.estimator.ModeKeys.TRAIN else dataset.repeat(100)
+    dataset = dataset.repeat() if mode == spec.ModeKeys.TRAIN else dataset.repeat(100)
     return dataset.prefetch(_AUTOTUNE)
 
 

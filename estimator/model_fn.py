@@ -1,6 +1,6 @@
 """The Estimator ``model_fn``: the network, its loss, optimizer and metrics.
 
-    model_fn(features, labels, mode, params, config=None) -> tf.estimator.EstimatorSpec
+    model_fn(features, labels, mode, params, config=None) -> EstimatorSpec
 
 ``features`` is an image batch [N, H, W, 3] float32 of RGB values in [0, 255]
 (cropped and resized by ``bwtf.estimator.inputs``; the model normalises them
@@ -28,7 +28,8 @@ int [N] (None in PREDICT). ``params`` is a ``bwtf.estimator.config.TrainConfig``
   dynamic loss scaling with precision "fp16". TensorBoard scalars: loss,
   learning_rate, train_precision_at_1, and images_per_sec from the progress hook.
 
-Every mode uses ``bwtf.ckpt.gathered_scaffold`` so checkpoints are read and
+The spec types come from ``bwtf.estimator.runner.spec``: tf.estimator's own
+when it is installed, bwtf's otherwise. Every mode uses ``bwtf.ckpt.gathered_scaffold`` so checkpoints are read and
 written by the chief only; in TRAIN the ckpt chief hooks (periodic save, final
 save, walltime/signal stop) are returned as ``training_chief_hooks``; a
 non-chief ps worker gets ``_worker_stop.WorkerStopHook`` so it stops on the
@@ -56,6 +57,7 @@ import bwtf
 from bwtf import ckpt
 from bwtf.estimator import models
 from bwtf.estimator.cluster import worker_stop as _worker_stop
+from bwtf.estimator.runner import spec
 from bwtf.estimator.training import progress as _progress
 from bwtf.estimator.training import step_limit as _step_limit
 from bwtf.estimator.training import sync_replicas as _sync_replicas
@@ -198,8 +200,8 @@ def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief):
         # Only the chief saves; a worker just stops with it (see _worker_stop).
         policy = _policy(config)
         training_hooks.append(_worker_stop.WorkerStopHook(policy.stop_signals, policy.walltime_margin_secs))
-    return tf.estimator.EstimatorSpec(
-        tf.estimator.ModeKeys.TRAIN, loss=loss, train_op=train_op, scaffold=scaffold,
+    return spec.EstimatorSpec(
+        spec.ModeKeys.TRAIN, loss=loss, train_op=train_op, scaffold=scaffold,
         training_hooks=training_hooks, training_chief_hooks=chief_hooks)
 
 
@@ -223,7 +225,7 @@ def model_fn(features, labels, mode, params, config=None):
     """Builds the EstimatorSpec for ``mode``; see the module docstring."""
     train_config = params
     model_dir = train_config.model_dir or (config.model_dir if config is not None else None)
-    training = mode == tf.estimator.ModeKeys.TRAIN
+    training = mode == spec.ModeKeys.TRAIN
     # Evaluation and serving in float32: see the module docstring.
     precision = train_config.precision if training else "fp32"
     with _xla_scope(train_config):
@@ -233,12 +235,12 @@ def model_fn(features, labels, mode, params, config=None):
     scaffold = ckpt.gathered_scaffold(model_dir, _policy(train_config), device=train_config.checkpoint_device,
                                       quiet_restores=not training)
     predictions = _predictions(logits)
-    if mode == tf.estimator.ModeKeys.PREDICT:
-        return tf.estimator.EstimatorSpec(
+    if mode == spec.ModeKeys.PREDICT:
+        return spec.EstimatorSpec(
             mode, predictions=predictions, scaffold=scaffold,
-            export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
-    if mode == tf.estimator.ModeKeys.EVAL:
-        return tf.estimator.EstimatorSpec(
+            export_outputs={"serving_default": spec.PredictOutput(predictions)})
+    if mode == spec.ModeKeys.EVAL:
+        return spec.EstimatorSpec(
             mode, loss=tf.reduce_mean(_cross_entropy_per_example(logits, labels)), predictions=predictions,
             scaffold=scaffold, eval_metric_ops=_eval_metrics(logits, labels, predictions))
     loss = _loss(logits, labels, train_config)

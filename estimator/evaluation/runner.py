@@ -42,6 +42,7 @@ from bwtf.estimator.evaluation import checkpoints as _eval_checkpoints
 from bwtf.estimator.evaluation import history as _eval_history
 from bwtf.estimator.evaluation import loop as _eval_loop
 from bwtf.estimator.evaluation import single_process as _eval_estimator
+from bwtf.estimator.runner import spec
 
 
 # How often a waiting evaluator looks for the final checkpoint (a directory listing).
@@ -89,7 +90,7 @@ class _Evaluator:
         self._job = job
         self._estimator = _eval_estimator.single_process_estimator(job.model_dir, job.train_config)
         self._input_fn = _with_label_map(
-            inputs.make_input_fn(job.dataset, tf.estimator.ModeKeys.EVAL, job.batch_size), job.label_map)
+            inputs.make_input_fn(job.dataset, spec.ModeKeys.EVAL, job.batch_size), job.label_map)
 
     def __call__(self, step, prefix):
         """The record of one checkpoint; None when it vanished (pruned) meanwhile.

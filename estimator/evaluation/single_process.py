@@ -1,4 +1,4 @@
-"""One checkpoint through ``Estimator.evaluate``, on this process alone.
+"""One checkpoint through ``Estimator.evaluate`` (or bwtf's runner, when selected), on this process alone.
 
 The Estimator is built with a RunConfig that ignores ``TF_CONFIG``: an
 evaluator started inside a training job sees the job's cluster there, and a
@@ -21,6 +21,9 @@ import os
 import tensorflow as tf
 
 from bwtf.estimator import model_fn as model_fn_lib
+from bwtf.estimator.runner import engine as _runner
+from bwtf.estimator.runner import selection as _selection
+from bwtf.estimator.runner import spec as spec_lib
 
 NUM_EXAMPLES = "num_examples"
 # Reported name: metric name. "loss" is the per-example mean cross-entropy
@@ -51,7 +54,7 @@ def _example_count(labels):
 def counting_model_fn(features, labels, mode, params, config=None):
     """``model_fn`` plus an exact ``num_examples`` metric in EVAL mode."""
     spec = model_fn_lib.model_fn(features, labels, mode, params, config)
-    if mode != tf.estimator.ModeKeys.EVAL:
+    if mode != spec_lib.ModeKeys.EVAL:
         return spec
     metrics = dict(spec.eval_metric_ops)
     metrics[NUM_EXAMPLES] = _example_count(labels)
@@ -62,6 +65,9 @@ def single_process_estimator(model_dir, train_config):
     """An Estimator for ``train_config``'s model that runs in this process only."""
     # The chief's checkpoint device names a task this process is not part of.
     train_config = dataclasses.replace(train_config, checkpoint_device=None)
+    if _selection.use_bwtf_runner():
+        return _runner.Runner(counting_model_fn, _runner.RunConfig(model_dir=model_dir, log_step_count_steps=None),
+                              params=train_config)
     with _without_tf_config():
         run_config = tf.estimator.RunConfig(
             model_dir=model_dir, save_checkpoints_steps=None, save_checkpoints_secs=None,

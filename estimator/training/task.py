@@ -2,7 +2,9 @@
 
 The task's role decides what it does: ``ps`` serves variables until the chief
 is done (``bwtf.estimator.cluster.ps_lifecycle``); ``chief`` and ``worker`` train
-through ``tf.estimator.train_and_evaluate`` (the chief saves checkpoints through
+through ``tf.estimator.train_and_evaluate``, or through bwtf's runner when
+``bwtf.estimator.runner.selection`` picks it (TensorFlow 2.16+, or
+``BWTF_RUNNER=bwtf``; ps and none only) (the chief saves checkpoints through
 ``bwtf.ckpt`` only, and evaluates the final checkpoint; a worker stops with the
 chief on SIGTERM/SIGUSR1 and ends itself if the chief vanishes);
 ``evaluator`` runs ``bwtf.estimator.evaluation.runner.evaluate_continuously``:
@@ -48,6 +50,9 @@ from bwtf.estimator.cluster import worker_stop as _worker_stop
 from bwtf.estimator.evaluation import model_setup as _eval_setup
 from bwtf.estimator.evaluation import run_record as _record
 from bwtf.estimator.evaluation import runner as evaluate
+from bwtf.estimator.runner import engine as _runner
+from bwtf.estimator.runner import selection as _selection
+from bwtf.estimator.runner import spec as _spec
 from bwtf.estimator.training import warm_start as _warm_start
 
 _DEFAULT_SAVE_SECS = 600
@@ -258,10 +263,20 @@ def _collective_strategy(role):
     return strategy
 
 
-def _estimator(train_config, role_tf_config, strategy=None, warm_start=None):
+def _estimator(train_config, role, strategy=None, warm_start=None):
+    """tf.estimator.Estimator, or bwtf's runner when selected (``bwtf.estimator.runner.selection``)."""
     import tensorflow as tf
 
-    with _tf_config(role_tf_config):
+    if _selection.use_bwtf_runner():
+        if strategy is not None:
+            raise config.ConfigError("bwtf's runner takes no distribution strategy (see run_task)")
+        run_config = _runner.RunConfig(
+            model_dir=train_config.model_dir, task_type=role.task_type if role.is_distributed else "worker",
+            task_id=role.task_id, cluster_spec=dict(role.cluster_spec),
+            save_summary_steps=train_config.log_every_steps, log_step_count_steps=train_config.log_every_steps)
+        return _runner.Runner(model_fn.model_fn, run_config, params=train_config,
+                              warm_start_from=warm_start.settings() if warm_start else None)
+    with _tf_config(role.tf_config_json()):
         run_config = tf.estimator.RunConfig(
             model_dir=train_config.model_dir,
             # The stock CheckpointSaverHook would write sharded files from every
@@ -275,9 +290,7 @@ def _estimator(train_config, role_tf_config, strategy=None, warm_start=None):
 
 
 def _input_fns(job):
-    import tensorflow as tf
-
-    mode = tf.estimator.ModeKeys
+    mode = _spec.ModeKeys
     train_fn = inputs.make_input_fn(job.data, mode.TRAIN, job.train.batch_size,
                                     num_input_pipelines=job.role.num_workers,
                                     input_pipeline_id=job.role.input_pipeline_id)
@@ -288,7 +301,8 @@ def _input_fns(job):
 def _evaluate_locally(job, eval_fn):
     """Evaluates the newest checkpoint in this process, outside the cluster."""
     local_config = dataclasses.replace(job.train, checkpoint_device=None)
-    estimator = _estimator(local_config, "")
+    local_role = cluster.ClusterRole("chief", 0, {}, job.role.source)
+    estimator = _estimator(local_config, local_role)
     return estimator.evaluate(eval_fn, steps=job.eval_steps or None)
 
 
@@ -309,13 +323,17 @@ def _train_single_process(job, estimator, train_fn, eval_fn):
 
 
 def _train_in_cluster(job, estimator, train_fn, eval_fn):
-    import tensorflow as tf
+    if isinstance(estimator, _runner.Runner):
+        # train_and_evaluate's chief and worker roles; the evaluator is its own task.
+        _runner.train_distributed(estimator, train_fn, job.train.train_steps)
+    else:
+        import tensorflow as tf
 
-    train_spec = tf.estimator.TrainSpec(train_fn, max_steps=job.train.train_steps)
-    eval_spec = tf.estimator.EvalSpec(eval_fn, steps=job.eval_steps or None, start_delay_secs=0,
-                                      throttle_secs=job.eval_throttle_secs)
-    with _tf_config(job.role.tf_config_json()):
-        tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+        train_spec = tf.estimator.TrainSpec(train_fn, max_steps=job.train.train_steps)
+        eval_spec = tf.estimator.EvalSpec(eval_fn, steps=job.eval_steps or None, start_delay_secs=0,
+                                          throttle_secs=job.eval_throttle_secs)
+        with _tf_config(job.role.tf_config_json()):
+            tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     if job.role.is_chief and not ckpt.stop_requested():
         return _evaluate_locally(job, eval_fn)
     return {}
@@ -355,9 +373,11 @@ def _log_summary(job, metrics, start_step, wall_secs):
 def _train(job, strategy=None):
     # Estimator's "max_steps already saved" decision goes through the verified
     # reader (a worker checks sizes only; the chief has verified in full).
-    ckpt.install_estimator_step_reader(full=job.role.is_chief)
+    # (bwtf's runner reads the verified reader itself.)
+    if not _selection.use_bwtf_runner():
+        ckpt.install_estimator_step_reader(full=job.role.is_chief)
     train_fn, eval_fn = _input_fns(job)
-    estimator = _estimator(job.train, job.role.tf_config_json(), strategy, warm_start=job.warm_start)
+    estimator = _estimator(job.train, job.role, strategy, warm_start=job.warm_start)
     latest = ckpt.latest_intact_checkpoint(job.train.model_dir) if job.role.is_chief else None
     start_step, start = (latest.step if latest else 0), time.monotonic()
     if job.role.is_distributed:
@@ -434,6 +454,7 @@ def run_task(values, on_role=None):
     ``on_role(role)``, when given, is called once the role is known, before anything
     else (train.py opens the task's log file there).
     """
+    _selection.use_bwtf_runner()  # a bad BWTF_RUNNER is bad input, before anything starts
     role = _resolve_role(values["cluster"], values["train"]["distribution"])
     if on_role is not None:
         on_role(role)
@@ -441,6 +462,10 @@ def run_task(values, on_role=None):
     _give_devices(role)
     if role.task_type == "ps":
         return _ps_lifecycle.serve_parameter_server(role)
+    if _uses_collective_strategy(values, role) and _selection.use_bwtf_runner():
+        raise config.ConfigError(
+            "--distribution=collective runs on tf.estimator only: bwtf's runner (BWTF_RUNNER=bwtf, or "
+            "TensorFlow 2.16+) trains with --distribution=ps or none")
     strategy = _collective_strategy(role) if _uses_collective_strategy(values, role) else None
     job = _check_before_training(_build_job(values, role), values)
     _log_start(job)

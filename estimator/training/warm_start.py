@@ -1,7 +1,7 @@
 """Fine-tuning from another run's checkpoint: ``bwtf-train --warm_start_from=M_OR_CKPT``.
 
     plan = plan_warm_start(source, train_config)   # WarmStart, or WarmStartError
-    plan.settings() -> tf.estimator.WarmStartSettings
+    plan.settings() -> WarmStartSettings (tf.estimator's, or bwtf's without it)
     plan.describe() -> dict                        # what the new run's record keeps
 
 ``source`` is a model_dir (its newest intact checkpoint), a ``ckpt-<N>``
@@ -36,6 +36,7 @@ from bwtf.ckpt import run_record as _record_file
 from bwtf.estimator import config, model_fn
 from bwtf.estimator.evaluation import checkpoints as _checkpoints
 from bwtf.estimator.evaluation import run_record as _record
+from bwtf.estimator.runner import spec
 
 
 class WarmStartError(config.ConfigError):
@@ -55,8 +56,7 @@ class WarmStart:
 
     def settings(self):
         patterns = [re.escape(name) + r":\d+$" for name in self.restored]
-        return tf.estimator.WarmStartSettings(ckpt_to_initialize_from=self.prefix,
-                                              vars_to_warm_start=patterns)
+        return spec.WarmStartSettings(ckpt_to_initialize_from=self.prefix, vars_to_warm_start=patterns)
 
     def describe(self):
         return {"path": self.prefix, "source": self.source, "step": self.step,

@@ -1,6 +1,6 @@
 """Benchmarks of the training program, each against a baseline measured in the same run.
 
-    .venv/bin/python scripts/benchmarks/bench_estimator.py [--parts=a,b,c] [--rounds=7]
+    .venv/bin/python scripts/benchmarks/bench_estimator.py [--parts=a,b,c,r] [--rounds=7]
         [--steps=150] [--accuracy_steps=500] [--work_dir=/tmp/bwtf-bench-estimator]
 
 (a) and (b) run the baseline and bwtf alternately, the first of each pair
@@ -20,6 +20,10 @@ process, so other processes' load enters only through caches and frequency.
     second against a bare ``tf.compat.v1.Session`` loop running the same
     ``model_fn`` graph on the same synthetic batches (small_cnn, 64px, batch
     64), after a warm-up. Target >= 0.95x. The wall-clock ratio is printed too.
+(r) bwtf's runner (``bwtf.estimator.runner``): ``Runner.train`` steps per CPU
+    second against ``tf.estimator.Estimator.train`` on the same model_fn and
+    batches as (b) (where tf.estimator is missing, TensorFlow 2.16+, against
+    the bare loop instead). Target >= 0.95x. Not in the default --parts.
 (c) Accuracy table on the digits sample archive (built into --work_dir):
     precision@1 on the validation split against global step and wall time, for
     1 worker, 2 asynchronous workers + 1 ps, and 2 collective workers. Each
@@ -172,7 +176,9 @@ def _loop_configs(steps, model_dir):
 def _bare_loop(tf, steps, train_config, data):
     from bwtf.estimator import inputs, model_fn
 
-    mode = tf.estimator.ModeKeys.TRAIN
+    from bwtf.estimator.runner import spec as spec_types
+
+    mode = spec_types.ModeKeys.TRAIN
     stamps, cpu_stamps = [], []
     with tf.Graph().as_default():
         features, labels = tf.compat.v1.data.make_one_shot_iterator(
@@ -198,6 +204,46 @@ def _estimator_loop(tf, steps, train_config, data):
     estimator.train(inputs.make_input_fn(data, tf.estimator.ModeKeys.TRAIN, 64), max_steps=steps,
                     hooks=[_stamping_hook(tf, stamps, cpu_stamps)])
     return _cpu_rate(cpu_stamps), _wall_rate(stamps)
+
+
+def _runner_loop(tf, steps, train_config, data):
+    from bwtf.estimator import inputs, model_fn
+    from bwtf.estimator.runner import engine, spec
+
+    stamps, cpu_stamps = [], []
+    run_config = engine.RunConfig(model_dir=train_config.model_dir, save_summary_steps=100, log_step_count_steps=100)
+    runner = engine.Runner(model_fn.model_fn, run_config, params=train_config)
+    runner.train(inputs.make_input_fn(data, spec.ModeKeys.TRAIN, 64), max_steps=steps,
+                 hooks=[_stamping_hook(tf, stamps, cpu_stamps)])
+    return _cpu_rate(cpu_stamps), _wall_rate(stamps)
+
+
+def bench_runner(steps, work_dir, rounds):
+    """(r) bwtf's runner against tf.estimator.Estimator.train (or, without tf.estimator, the bare loop)."""
+    import tensorflow as tf
+
+    from bwtf.estimator.runner import spec
+
+    baseline_name, baseline = (("tf.estimator.Estimator.train (baseline) ", _estimator_loop) if spec.HAS_TF_ESTIMATOR
+                               else ("bare tf.compat.v1.Session loop (baseline)", _bare_loop))
+    wall = {"baseline": [], "runner": []}
+    counter = iter(range(10 ** 6))
+
+    def run(kind, loop):
+        train_config, data = _loop_configs(steps, work_dir / f"{kind}-{next(counter)}")
+        cpu_rate, wall_rate = loop(tf, steps, train_config, data)
+        wall[kind].append(wall_rate)
+        return cpu_rate
+
+    base, runner, ratios = _alternating_rounds(
+        rounds, lambda: run("baseline", baseline), lambda: run("runner", _runner_loop))
+    wall_ratios = [r / b for b, r in zip(wall["baseline"], wall["runner"])]
+    print(f"(r) bwtf's runner on TensorFlow {tf.__version__}, small_cnn 64px batch 64, synthetic data, {steps} "
+          f"steps per round ({_WARMUP_STEPS} warm-up), {rounds} alternating rounds, steps per CPU second:")
+    print(_rounds_summary(baseline_name, base, "steps/s"))
+    print(_rounds_summary("bwtf.estimator.runner Runner.train       ", runner, "steps/s"))
+    print(_rounds_summary("ratio (target >= 0.95x)", ratios, "x"))
+    print(_rounds_summary("wall-clock ratio (load-sensitive)", wall_ratios, "x"))
 
 
 def bench_loop_overhead(steps, work_dir, rounds):
@@ -320,11 +366,11 @@ def bench_accuracy(steps, work_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="a,b,c")
-    parser.add_argument("--steps", type=int, default=150, help="(b) steps per round")
+    parser.add_argument("--steps", type=int, default=150, help="(b), (r) steps per round")
     parser.add_argument("--accuracy_steps", type=int, default=500, help="(c) steps per setup")
     parser.add_argument("--repeats", type=int, default=5, help="(a) passes per round: (a) alternates "
                         "--rounds x --repeats passes over the sample JPEGs")
-    parser.add_argument("--rounds", type=int, default=7, help="(a), (b) alternating rounds")
+    parser.add_argument("--rounds", type=int, default=7, help="(a), (b), (r) alternating rounds")
     parser.add_argument("--work_dir", default="/tmp/bwtf-bench-estimator")
     args = parser.parse_args()
     work_dir = pathlib.Path(args.work_dir)
@@ -334,6 +380,8 @@ def main():
         bench_input_pipeline(args.repeats, args.rounds)
     if "b" in parts:
         bench_loop_overhead(args.steps, work_dir / f"b-{os.getpid()}", args.rounds)
+    if "r" in parts:
+        bench_runner(args.steps, work_dir / f"r-{os.getpid()}", args.rounds)
     if "c" in parts:
         bench_accuracy(args.accuracy_steps, work_dir / f"c-{os.getpid()}")
 

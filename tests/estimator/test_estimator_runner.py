@@ -1,0 +1,203 @@
+"""bwtf's runner (BWTF_RUNNER=bwtf) on TensorFlow 2.15, against the tf.estimator path it stands in for.
+
+The same programs, flags and checkpoints: training resumes and stops at
+--train_steps, SIGTERM saves and exits 75, a checkpoint written by either
+engine resumes in the other, both evaluate a checkpoint to the same metrics,
+and small_cnn learns the digits through the runner locally and in a 1-ps
+cluster.
+"""
+import re
+import signal
+import time
+
+import pytest
+
+import bwtf
+from bwtf import ckpt
+from bwtf.estimator.runner import selection
+from bwtf.estimator.runner import spec
+from estimator_helpers import finish, free_ports, start_train
+
+_SYNTHETIC = ["--model=small_cnn", "--use_synthetic_data", "--num_classes=10", "--image_size=32",
+              "--batch_size=8", "--log_every_steps=10", "--eval_steps=2", "--save_checkpoints_steps=10"]
+
+
+@pytest.fixture
+def use_runner(clean_cluster_env):
+    clean_cluster_env.setenv(selection.ENV_VARIABLE, "bwtf")
+    return clean_cluster_env
+
+
+@pytest.mark.parametrize("value, expected", [("bwtf", True), ("BWTF", True), ("estimator", False),
+                                             ("", not spec.HAS_TF_ESTIMATOR), (None, not spec.HAS_TF_ESTIMATOR)])
+def test_the_engine_is_chosen_by_bwtf_runner(value, expected):
+    environ = {} if value is None else {selection.ENV_VARIABLE: value}
+    assert selection.use_bwtf_runner(environ) is expected
+
+
+def test_an_unknown_engine_is_bad_input():
+    with pytest.raises(selection.RunnerSelectionError, match=r"BWTF_RUNNER='keras' is not an engine") as error:
+        selection.use_bwtf_runner({selection.ENV_VARIABLE: "keras"})
+    assert error.value.exit_code == bwtf.EXIT_USAGE
+
+
+def test_bwtf_runs_own_spec_types_keep_estimators_rules():
+    import tensorflow as tf
+
+    assert (spec._ModeKeys.TRAIN, spec._ModeKeys.EVAL, spec._ModeKeys.PREDICT) == ("train", "eval", "infer")
+    if spec.HAS_TF_ESTIMATOR:
+        assert spec.ModeKeys is tf.estimator.ModeKeys and spec.EstimatorSpec is tf.estimator.EstimatorSpec
+    with tf.Graph().as_default():
+        loss = tf.constant(1.0)
+        with pytest.raises(ValueError, match="TRAIN mode needs loss and train_op"):
+            spec._EstimatorSpec("train", loss=loss)
+        with pytest.raises(TypeError, match="must be a \\(value, update_op\\) pair"):
+            spec._EstimatorSpec("eval", loss=loss, eval_metric_ops={"m": loss})
+        built = spec._EstimatorSpec("eval", loss=loss)._replace(eval_metric_ops={"m": (loss, loss)})
+        assert built.mode == "eval" and built.scaffold is not None and built.training_hooks == ()
+
+
+def test_runner_resumes_and_stops_at_train_steps(train_flags, use_runner, tmp_path):
+    from bwtf.estimator.training import task as train
+
+    common = [*_SYNTHETIC, f"--model_dir={tmp_path}", "--log_every_steps=2"]
+    assert train.run_task(train_flags(*common, "--train_steps=4")) == 0
+    assert ckpt.latest_intact_checkpoint(str(tmp_path)).step == 4
+    assert train.run_task(train_flags(*common, "--train_steps=8")) == 0
+    assert ckpt.latest_intact_checkpoint(str(tmp_path)).step == 8
+    # Already there: nothing trains, nothing new is written.
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert train.run_task(train_flags(*common, "--train_steps=8")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    from bwtf.estimator.evaluation import events
+
+    tags = set(events.read_scalars(str(tmp_path), str(tmp_path)))
+    assert {"loss", "global_step/sec", "learning_rate", "train_precision_at_1",
+            "throughput/images_per_sec"} <= tags
+
+
+def test_collective_is_refused_by_the_runner_before_anything_starts(train_flags, use_runner, tmp_path):
+    from bwtf.estimator.training import task as train
+
+    ports = free_ports(2)
+    values = train_flags(*_SYNTHETIC, f"--model_dir={tmp_path}", "--train_steps=4", "--distribution=collective",
+                         f"--worker_hosts=localhost:{ports[0]},localhost:{ports[1]}", "--job_name=worker",
+                         "--task_index=0")
+    with pytest.raises(bwtf.UserError, match="collective runs on tf.estimator only"):
+        train.run_task(values)
+    assert not (tmp_path / "run.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_checkpoints_move_between_the_runner_and_the_estimator(clean_cluster_env, tmp_path):
+    """A run started by one engine resumes in the other, both ways, from the verified checkpoint."""
+    model_dir = tmp_path / "run"
+    for engine, steps in (("bwtf", 10), ("estimator", 20), ("bwtf", 30)):
+        clean_cluster_env.setenv(selection.ENV_VARIABLE, engine)
+        log_path = tmp_path / f"{engine}-{steps}.log"
+        code, log = finish(start_train([*_SYNTHETIC, f"--model_dir={model_dir}", f"--train_steps={steps}"],
+                                       log_path), log_path, 240)
+        assert code == 0, log[-3000:]
+        assert ckpt.latest_intact_checkpoint(str(model_dir)).step == steps
+        if steps > 10:
+            assert f"(step {steps - 10})" in log and f"done: {steps} steps (10 this run)" in log, log[-3000:]
+
+
+def _evaluate(job, engine, monkeypatch):
+    from bwtf.estimator.evaluation import runner as evaluation
+
+    monkeypatch.setenv(selection.ENV_VARIABLE, engine)
+    return evaluation.evaluate_once(job)
+
+
+def test_the_runner_and_the_estimator_evaluate_a_checkpoint_alike(train_flags, digits_flags, clean_cluster_env,
+                                                                  tmp_path):
+    import dataclasses
+
+    from bwtf.estimator.training import task as train
+    from bwtf.estimator.evaluation import runner as evaluation
+    from bwtf.estimator.training import task
+
+    values = train_flags(*digits_flags, f"--model_dir={tmp_path}", "--train_steps=30")
+    assert train.run_task(values) == 0
+    job = task._build_job(values, task._resolve_role(values["cluster"], "none"))
+    eval_job = evaluation.EvalJob(str(tmp_path), job.data, dataclasses.replace(job.train, checkpoint_device=None), 64)
+    by_estimator = _evaluate(eval_job, "estimator", clean_cluster_env)
+    by_runner = _evaluate(eval_job, "bwtf", clean_cluster_env)
+    assert by_runner["num_examples"] == by_estimator["num_examples"] == 355
+    assert by_runner["global_step"] == by_estimator["global_step"] == 30
+    for metric in ("precision_at_1", "precision_at_5", "loss"):
+        assert by_runner[metric] == pytest.approx(by_estimator[metric], rel=1e-5, abs=1e-6), metric
+    from bwtf.estimator.evaluation import events
+
+    written = events.read_scalars(str(tmp_path), str(tmp_path / "eval_validation"))
+    assert {"precision_at_1", "precision_at_5", "cross_entropy", "loss", "num_examples"} <= set(written)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_makes_the_runner_save_and_exit_for_requeue(use_runner, tmp_path):
+    log_path = tmp_path / "train.log"
+    process = start_train([*_SYNTHETIC, f"--model_dir={tmp_path / 'run'}", "--train_steps=1000000"], log_path)
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and not list((tmp_path / "run").glob("ckpt-*")):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    code, log = finish(process, log_path, 120)
+    assert code == ckpt.EXIT_REQUEUE, log[-3000:]
+    latest = ckpt.latest_intact_checkpoint(str(tmp_path / "run"))
+    assert latest is not None and latest.step > 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_runner_learns_the_digits_in_one_process(use_runner, digits_flags, tmp_path):
+    """Same flags and band as the Estimator path's cluster tests: 95% precision@1 on validation."""
+    code, log = finish(start_train([*digits_flags, f"--model_dir={tmp_path / 'run'}", "--train_steps=500"],
+                                   tmp_path / "train.log"), tmp_path / "train.log", 500)
+    assert code == 0, log[-3000:]
+    precision = float(re.search(r"final precision@1 ([\d.]+)", log).group(1))
+    assert precision >= 0.95, f"precision@1 {precision} on the validation split"
+    assert "Saving dict for global step 500:" in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_ps_cluster_learns_the_digits_through_the_runner(use_runner, digits_flags, tmp_path):
+    """1 ps, the chief and 1 worker, all through the runner; the ps exits 0 when the chief is done."""
+    ports = free_ports(3)
+    hosts = [f"--ps_hosts=localhost:{ports[0]}", f"--worker_hosts=localhost:{ports[1]},localhost:{ports[2]}"]
+    flags = [*digits_flags, f"--model_dir={tmp_path / 'run'}", "--train_steps=500", "--distribution=ps", *hosts]
+    names = {"ps": ["--job_name=ps", "--task_index=0"], "worker": ["--job_name=worker", "--task_index=1"],
+             "chief": ["--job_name=worker", "--task_index=0"]}
+    tasks = {name: start_train([*flags, *extra], tmp_path / f"{name}.log") for name, extra in names.items()}
+    results = {"chief": finish(tasks.pop("chief"), tmp_path / "chief.log", 500)}
+    for name, process in tasks.items():
+        results[name] = finish(process, tmp_path / f"{name}.log", 120)
+    for name, (code, log) in results.items():
+        assert code == 0, f"{name} exited with {code}:\n{log[-3000:]}"
+    chief_log = results["chief"][1]
+    assert "cluster role chief:0 (from flags)" in chief_log
+    precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
+    assert precision >= 0.95, f"precision@1 {precision} on the validation split"
+    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step >= 500
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sync_replicas_trains_through_the_runner(use_runner, tmp_path):
+    """--sync_replicas: the optimizer's hooks come from model_fn; every task exits 0, the ps too."""
+    ports = free_ports(3)
+    hosts = [f"--ps_hosts=localhost:{ports[0]}", f"--worker_hosts=localhost:{ports[1]},localhost:{ports[2]}"]
+    flags = [*_SYNTHETIC, f"--model_dir={tmp_path / 'run'}", "--train_steps=20", "--sync_replicas", *hosts]
+    names = {"ps": ["--job_name=ps", "--task_index=0"], "worker": ["--job_name=worker", "--task_index=1"],
+             "chief": ["--job_name=worker", "--task_index=0"]}
+    tasks = {name: start_train([*flags, *extra], tmp_path / f"{name}.log") for name, extra in names.items()}
+    results = {"chief": finish(tasks.pop("chief"), tmp_path / "chief.log", 400)}
+    for name, process in tasks.items():
+        results[name] = finish(process, tmp_path / f"{name}.log", 120)
+    for name, (code, log) in results.items():
+        assert code == 0, f"{name} exited with {code}:\n{log[-3000:]}"
+    assert "distribution=ps sync" in (tmp_path / "run" / "logs" / "chief.log").read_text()
+    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 20

@@ -1,0 +1,93 @@
+"""bwtf's runner on TensorFlow 2.21 (no tf.estimator): a get_variable/tf.nn model_fn trains, evaluates, exports.
+
+Runs ``runner_job.py`` with the 2.21 interpreter: ``BWTF_TF221_PYTHON`` if set,
+else ``/work/venv221/bin/python``. Skipped, with the reason, when that
+interpreter is missing, has no TensorFlow 2.16+, or refuses ``import bwtf``
+(the import guard that accepts 2.21 lands with the setup extras).
+"""
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from estimator_helpers import ROLE_VARIABLES, free_ports
+
+_JOB = str(pathlib.Path(__file__).with_name("runner_job.py"))
+_DEFAULT_PYTHON = "/work/venv221/bin/python"
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    for name in ROLE_VARIABLES:
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def tf221_python():
+    python = os.environ.get("BWTF_TF221_PYTHON", _DEFAULT_PYTHON)
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no TensorFlow 2.21 interpreter at {python} (set BWTF_TF221_PYTHON to one)")
+    probe = subprocess.run(
+        [python, "-c", "import tensorflow as tf; print(tf.__version__, hasattr(tf, 'estimator')); import bwtf"],
+        capture_output=True, text=True, env=_env(), timeout=300, check=False)
+    first = (probe.stdout.split("\n") or [""])[0].split()
+    if not first or first[0].split(".")[:2] < ["2", "16"] or first[1] != "False":
+        pytest.skip(f"{python} has no TensorFlow without tf.estimator (found {' '.join(first) or 'none'})")
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"import bwtf fails under TensorFlow {first[0]} ({last[:200]}); the import guard that "
+                    "accepts 2.21 is not in this tree yet")
+    return python
+
+
+def _events(output):
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_runner_trains_evaluates_and_exports_on_tf221(tf221_python, tmp_path):
+    run = subprocess.run([tf221_python, _JOB, "local", str(tmp_path / "run"), "200", str(tmp_path / "export")],
+                         capture_output=True, text=True, env=_env(), timeout=500, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    trained, evaluated, exported = _events(run.stdout)
+    assert trained["tensorflow"].startswith("2.2") and trained["step"] == 200 and trained["stop"] is None
+    assert evaluated["global_step"] == 200 and evaluated["accuracy"] >= 0.9 and evaluated["loss"] < 0.5
+    assert exported["accuracy"] >= 0.9 and os.path.isfile(os.path.join(exported["path"], "saved_model.pb"))
+    # The committed bwtf checkpoint and Estimator's eval directory, as on 2.15.
+    assert (tmp_path / "run" / "ckpt-200" / "MANIFEST.json").is_file()
+    assert list((tmp_path / "run" / "eval_validation").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_one_ps_cluster_trains_through_the_runner_on_tf221(tf221_python, tmp_path):
+    """1 ps (bwtf's ps lifecycle: exits 0 after the chief), the chief and a worker."""
+    ports = free_ports(3)
+    spec = {"ps": [f"localhost:{ports[0]}"], "chief": [f"localhost:{ports[1]}"], "worker": [f"localhost:{ports[2]}"]}
+    model_dir = str(tmp_path / "run")
+    tasks = {}
+    for task_type in ("ps", "worker", "chief"):
+        log = open(tmp_path / f"{task_type}.log", "w", encoding="utf-8")
+        tasks[task_type] = (subprocess.Popen(
+            [tf221_python, _JOB, task_type, "0", model_dir, "300", json.dumps(spec)],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=_env()), log)
+    outputs = {}
+    for task_type in ("chief", "worker", "ps"):
+        process, log = tasks[task_type]
+        try:
+            outputs[task_type] = process.communicate(timeout=400)[0]
+        except subprocess.TimeoutExpired:
+            for other, _ in tasks.values():
+                other.kill()
+            raise
+        finally:
+            log.close()
+        assert process.returncode == 0, (tmp_path / f"{task_type}.log").read_text()[-3000:]
+    chief = _events(outputs["chief"])[-1]
+    assert chief["task"] == "chief:0" and chief["step"] == 300
+    assert _events(outputs["worker"])[-1]["task"] == "worker:0"
+    assert (tmp_path / "run" / "ckpt-300" / "MANIFEST.json").is_file()

@@ -14,6 +14,8 @@ what it points to.
 Object-store listings are refreshed before every read of a directory
 (gcsfs caches them, and a long-lived reader would never see new files).
 """
+import ctypes
+import functools
 import mmap
 import os
 import shutil
@@ -88,10 +90,57 @@ def stream_checksum(read, algorithm):
         value = extend(chunk, value)
 
 
+def _native_crc32c():
+    """libcrc32c's ``crc32c_extend`` through ctypes, or None.
+
+    google-crc32c's extension only takes ``bytes``, so summing a file through
+    it copies every byte once more (os.pread into fresh buffers); ctypes can
+    hand it a read-only mapping of the file instead, without a copy and with
+    the GIL released. The library is the one google-crc32c's extension links.
+    """
+    if google_crc32c is None or google_crc32c.implementation != "c":
+        return None
+    return _load_native_crc32c()
+
+
+@functools.lru_cache(maxsize=None)
+def _load_native_crc32c():
+    try:
+        from google_crc32c import _crc32c  # pylint: disable=import-outside-toplevel
+        extend = ctypes.CDLL(_crc32c.__file__).crc32c_extend
+    except (ImportError, OSError, AttributeError):
+        return None
+    extend.restype = ctypes.c_uint32
+    extend.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+    return extend
+
+
+def _mapped_checksum(fd, extend):
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 0
+    # ACCESS_COPY: a private mapping ctypes may address; nothing writes to it.
+    with mmap.mmap(fd, size, access=mmap.ACCESS_COPY) as view:
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            view.madvise(mmap.MADV_SEQUENTIAL)
+        buffer = (ctypes.c_char * size).from_buffer(view)
+        try:
+            base, value = ctypes.addressof(buffer), 0
+            for offset in range(0, size, _CHUNK):
+                value = extend(value, base + offset, min(_CHUNK, size - offset))
+            return value
+        finally:
+            del buffer
+
+
 def fd_checksum(fd, algorithm):
-    """Checksum of an open local file; zlib's CRC32 reads through mmap (no copy,
-    and it releases the GIL), CRC32C in chunks (its C extension wants bytes)."""
+    """Checksum of an open local file, read through a mapping (no copy, and
+    the GIL released) where possible: zlib's CRC32 always, CRC32C through
+    libcrc32c (else in chunks through google-crc32c, which wants bytes)."""
     if algorithm != "crc32":
+        extend = _native_crc32c() if algorithm == "crc32c" else None
+        if extend is not None:
+            return _mapped_checksum(fd, extend)
         offset = [0]
 
         def read(size):

@@ -11,7 +11,10 @@ Default mode, all in the same run and on the same disk (--dir):
   * time until the bwtf checkpoint is durable and committed (gathered on the
     chief, fsync, checksums, manifest, rename), while the updater below keeps
     training, as a throughput against raw sequential write + fsync of the
-    same bytes (measured alone). Target: at least 0.8x raw.
+    same bytes (measured alone). Target: at least 0.8x raw. Printed beside
+    it: the same save with training idle, and the gather floor (every
+    variable moved from the ps to the chief in one run, written nowhere),
+    which no design that writes from the chief can beat.
   * restore, including the full verification of every checksum (the
     per-process verification cache is cleared first), against TF's restore.
     Target: at most 1.5x.
@@ -192,6 +195,12 @@ def _bwtf_save(tf, sess, gathered, dirs, count):
     return prefix, stall, committed, spread, stored == step == manifest["step"]
 
 
+def _gather_floor_op(tf, variables):
+    """One op that moves every variable to the chief and writes it nowhere."""
+    with tf.compat.v1.device("/job:chief/task:0/device:CPU:0"):
+        return tf.add_n([tf.reduce_max(tf.identity(v.read_value())) for v in variables])
+
+
 def _bwtf_restore(sess, gathered, prefix):
     from bwtf.ckpt import commit  # pylint: disable=import-outside-toplevel
     commit.forget_verified()  # restore verifies every checksum, as a fresh process does
@@ -200,12 +209,17 @@ def _bwtf_restore(sess, gathered, prefix):
 
 def _compare_mode(tf, sess, step, variables, gathered, default, args, dirs, ps_pids):
     total = args.mib * _MIB
-    results = {k: [] for k in ("bwtf_stall", "bwtf_commit", "bwtf_restore", "tf_save",
-                               "tf_restore", "raw")}
+    results = {k: [] for k in ("bwtf_stall", "bwtf_commit", "bwtf_idle", "gather",
+                               "bwtf_restore", "tf_save", "tf_restore", "raw")}
+    floor = _gather_floor_op(tf, variables)
     spreads = {"bwtf": [], "tf": []}
     agree = []
     ps_before = sum(_proc_rss_mib(p) for p in ps_pids)
     for i in range(args.repeats):
+        results["gather"].append(_timed(lambda: sess.run(floor)))
+        # Training idle (before the updater moves the step on, so the names differ).
+        _bwtf_save(tf, sess, gathered, dirs, len(variables))
+        results["bwtf_idle"].append(gathered.last_commit_secs)
         with _Updater(tf, sess, step, variables):  # training goes on during the saves
             prefix, stall, committed, spread, names_agree = _bwtf_save(
                 tf, sess, gathered, dirs, len(variables))
@@ -242,6 +256,7 @@ def _load_average():
 def _print_figures(label, secs, mib):
     print(f"-- {label} --")
     for key, name in (("bwtf_stall", "bwtf stall"), ("bwtf_commit", "bwtf durable"),
+                      ("bwtf_idle", "  training idle"), ("gather", "gather floor"),
                       ("bwtf_restore", "bwtf restore"), ("tf_save", "TF save (stall)"),
                       ("tf_restore", "TF restore"), ("raw", "raw write+fsync")):
         print(f"{name:16s} {secs[key]:.3f} s  ({mib / secs[key]:.0f} MiB/s)")
@@ -249,6 +264,8 @@ def _print_figures(label, secs, mib):
           "(target <= 1.0x)")
     print(f"ratio bwtf/raw throughput     {secs['raw'] / secs['bwtf_commit']:.2f}x "
           "(durable and committed; target >= 0.8x)")
+    print(f"  training idle: {secs['raw'] / secs['bwtf_idle']:.2f}x; "
+          f"gather floor alone: {secs['raw'] / secs['gather']:.2f}x")
     print(f"ratio bwtf/TF restore time    {secs['bwtf_restore'] / secs['tf_restore']:.2f}x "
           "(with full verification; target <= 1.5x)")
 

@@ -184,6 +184,26 @@ def test_crc32c_manifest_without_the_package_is_skipped_with_reason(tmp_path, mo
     assert "pip install google-crc32c" in caplog.text
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, storage._CHUNK, 2 * storage._CHUNK + 17])
+@pytest.mark.parametrize("native", [True, False])
+def test_file_checksums_match_the_reference(tmp_path, monkeypatch, size, native):
+    """The zero-copy CRC32C (libcrc32c over a mapping) and the chunked
+    fallback give google-crc32c's and zlib's values, at chunk edges too."""
+    if storage.default_checksum() != "crc32c":
+        pytest.skip("google-crc32c's C extension is not installed")
+    import google_crc32c  # pylint: disable=import-outside-toplevel
+    import zlib  # pylint: disable=import-outside-toplevel
+    if native and storage._native_crc32c() is None:
+        pytest.skip("libcrc32c cannot be loaded through ctypes here")
+    if not native:
+        monkeypatch.setattr(storage, "_native_crc32c", lambda: None)
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert storage.local_checksum(str(path), "crc32c") == google_crc32c.value(data)
+    assert storage.local_checksum(str(path), "crc32") == zlib.crc32(data)
+
+
 def test_sealed_file_renamed_in_staging_keeps_its_checksum(tmp_path):
     """What the saver does: seal a shard, rename it (as MergeV2Checkpoints
     does), change another sealed file after sealing; the manifest is right."""

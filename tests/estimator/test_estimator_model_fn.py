@@ -165,3 +165,19 @@ def test_racing_updates_stop_at_the_last_step_and_none_applies_beyond(last_step)
                 thread.join()
             assert sess.run(step) == last_step
             assert sess.run(v) == pytest.approx(-0.5 * last_step)
+
+
+@pytest.mark.parametrize("precision, xla", [("fp32", True), ("fp16", False)])
+def test_ps_training_graph_stops_its_updates_at_train_steps(precision, xla, tmp_path):
+    """model_fn's TRAIN graph under distribution=ps (XLA, dynamic loss scaling):
+    five runs of the train_op with train_steps=3 leave the global step at 3."""
+    train_config = _train_config("small_cnn", tmp_path, precision=precision, xla=xla, train_steps=3,
+                                 distribution="ps")
+    with tf.Graph().as_default():
+        spec = _spec(train_config, _MODES.TRAIN)
+        step = tf.compat.v1.train.get_global_step()
+        with tf.compat.v1.Session() as sess:
+            sess.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
+            for _ in range(5):
+                sess.run(spec.train_op)
+            assert sess.run(step) == 3

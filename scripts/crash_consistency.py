@@ -24,10 +24,11 @@ Scenarios (``--scenario``; ``--trials`` repeats each):
                    rerun: resumes from the newest intact and trains to the limit.
   train_pointer_crash   bwtf-train killed between its two pointer writes, rerun:
                    restores that checkpoint (not step 0) and never replaces it.
-  slow_worker      bwtf-launch, 1 ps + 3 workers, one worker SIGSTOPped 0.9 s of
-                   every second: every task exits 0, the run ends with exactly
-                   ckpt-N at --train_steps=N, and LATEST and TF's checkpoint
-                   file name it (a late worker never moves them back).
+  slow_worker      bwtf-launch, 1 ps + 3 workers + evaluator, one worker
+                   SIGSTOPped 0.9 s of every second: every task exits 0, the run
+                   ends with exactly ckpt-N at --train_steps=N, LATEST and TF's
+                   checkpoint file name it (a late worker never moves them
+                   back), and the evaluator's history ends with ckpt-N, step N.
   second_sigterm   two SIGTERMs to bwtf-launch half a second apart: it kills
                    every task at once and ends (it used to hang forever).
   ctrl_c           SIGINT to bwtf-launch's process group (a terminal's Ctrl-C):
@@ -688,17 +689,21 @@ def scenario_slow_worker(args, workdir, tf, ckpt, summary):
     every task exits 0, and the pointers name ckpt-N (a worker never writes them)."""
     del args
     model_dir = tempfile.mkdtemp(dir=workdir)
-    steps = 120
-    tasks = _tasks(1, 3, evaluator=False)
-    run = _Launch(workdir, model_dir, ["--num_ps=1", "--num_workers=3"],
-                  [f"--train_steps={steps}", "--save_checkpoints_steps=40", "--batch_size=2"])
-    problem = run.wait_for_chief_step(10)
+    steps = 300
+    tasks = _tasks(1, 3, evaluator=True)
+    run = _Launch(workdir, model_dir, ["--num_ps=1", "--num_workers=3", "--evaluator"],
+                  [f"--train_steps={steps}", "--save_checkpoints_steps=100", "--batch_size=2",
+                   "--log_every_steps=1"])
+    # Slowed once it trains: a worker slowed through its start-up never joins.
+    problem = _wait_for_worker_step(run, os.path.join(model_dir, "logs", "worker-1.log"))
     slow = run.pid_of("worker:1")
     if problem or slow is None:
         run.kill()
         return problem or f"no pid for worker:1: {run.output()[-3000:]}"
+    # Slow at training, not at shutdown: the slowing ends once the chief has.
     deadline = time.monotonic() + 600
-    while run.process.poll() is None and time.monotonic() < deadline:
+    while run.process.poll() is None and time.monotonic() < deadline \
+            and "[launch] chief exited" not in run.output():
         try:  # stopped 0.9 s of every second
             os.kill(slow, signal.SIGSTOP)
             time.sleep(0.9)
@@ -715,8 +720,35 @@ def scenario_slow_worker(args, workdir, tf, ckpt, summary):
     problem = _check_launch(run, model_dir, tasks, 0, tf, ckpt, summary, final_step=steps)
     if problem is None and re.search(r"^\[launch\] \S+ exited with status [1-9]", run.output(), re.M):
         problem = f"a task did not exit 0: {run.output()[-3000:]}"
+    if problem is None:
+        problem = _check_evaluator_history(model_dir, steps)
     summary["trials"] += 0 if problem else 1
     return problem
+
+
+def _wait_for_worker_step(run, log_path, timeout=300):
+    """None once the worker's full log shows a training step, else why not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(r"(?:\]|\d\d:\d\d:\d\d) step \d+/", _text_of(log_path)):
+            return None
+        if run.process.poll() is not None:
+            return f"bwtf-launch exited {run.process.returncode} early: {run.output()[-3000:]}"
+        time.sleep(0.2)
+    return f"{log_path} showed no training step within {timeout} s"
+
+
+def _check_evaluator_history(model_dir, step):
+    """The evaluator's last history record names ckpt-<step> and global_step <step>."""
+    paths = [os.path.join(model_dir, name, "history.jsonl") for name in sorted(os.listdir(model_dir))
+             if name.startswith("eval_") and os.path.exists(os.path.join(model_dir, name, "history.jsonl"))]
+    if not paths:
+        return f"the evaluator wrote no history in {model_dir}"
+    with open(paths[0], encoding="utf-8") as f:
+        last = json.loads(f.read().strip().splitlines()[-1])
+    if last.get("global_step") != step or f"/ckpt-{step}/" not in str(last.get("checkpoint")):
+        return f"the evaluator's last history record is {last}, expected ckpt-{step} at step {step}"
+    return None
 
 
 # -- gs://: a writer and a long-lived reader against the GCS emulator ----------

@@ -18,7 +18,9 @@ that finds the limit reached is a no-op after which the worker's
 StopAtStepHook stops it. The chief's final save then holds step N.
 
 The lock guards a read and an assignment of one scalar, not the gradient
-update, so workers still apply their updates in parallel. An update claimed
+update, so workers still apply their updates in parallel; everything it
+guards runs on the ps that holds it, so a worker that dies or is stopped
+(SIGSTOP) never holds it. An update claimed
 just before the chief stops may land after the chief's final snapshot (as in
 stock asynchronous training, where the step is added after the update, a
 snapshot may hold part of a later update). Batch-norm moving statistics are
@@ -71,16 +73,18 @@ class StepLimitedOptimizer(tf.compat.v1.train.Optimizer):
         if global_step is None:
             return self._optimizer.apply_gradients(grads_and_vars, name=name)
         grads_and_vars = list(grads_and_vars)
-        # Claimed only once the gradients exist: a step is never held by a
-        # worker still computing, so the update follows its claim closely.
-        with tf.control_dependencies([g for g, _ in grads_and_vars if g is not None]):
-            claimed = _claim_step(global_step, self._last_step)
 
         def apply():
             with tf.control_dependencies([self._optimizer.apply_gradients(grads_and_vars, name=name)]):
                 return tf.constant(True)
 
-        return tf.compat.v1.cond(claimed, apply, lambda: tf.constant(False), name="apply_if_claimed").op
+        # The lock and the branch stay out of an XLA cluster (--xla compiles
+        # the gradients); the claim waits for the gradients, so a step is
+        # never held by a worker still computing and the update follows closely.
+        with tf.xla.experimental.jit_scope(compile_ops=False):
+            with tf.control_dependencies([g for g, _ in grads_and_vars if g is not None]):
+                claimed = _claim_step(global_step, self._last_step)
+            return tf.compat.v1.cond(claimed, apply, lambda: tf.constant(False), name="apply_if_claimed").op
 
     def get_slot(self, *args, **kwargs):
         return self._optimizer.get_slot(*args, **kwargs)

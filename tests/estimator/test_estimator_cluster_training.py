@@ -1,6 +1,9 @@
 """Real localhost clusters of ``python -m bwtf.estimator.train`` processes."""
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -105,6 +108,15 @@ def test_collective_workers_learn_the_digits_from_real_data(tmp_path, digits_fla
     assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 500
 
 
+def run_eval_json(tmp_path, model_dir):
+    log_path = tmp_path / "eval.log"
+    process = subprocess.Popen([sys.executable, "-m", "bwtf.estimator.evaluate", f"--model_dir={model_dir}",
+                                f"--output_json={tmp_path / 'eval.json'}", "--eval_steps=1"],
+                               stdout=open(log_path, "w", encoding="utf-8"), stderr=subprocess.STDOUT,
+                               env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"))
+    return finish(process, log_path, 300)
+
+
 def _manifest_step(model_dir, step):
     with open(f"{model_dir}/ckpt-{step}/MANIFEST.json", encoding="utf-8") as f:
         return json.load(f)["step"]
@@ -134,3 +146,8 @@ def test_train_steps_n_ends_with_ckpt_n_however_many_workers_race(tmp_path, mode
         assert _manifest_step(model_dir, steps) == steps
         assert tf.train.load_checkpoint(latest.path).get_tensor("global_step") == steps
         assert f"done: {steps} steps" in results["chief"][1]
+    # bwtf-eval reports the same step for the checkpoint it evaluated.
+    code, log = run_eval_json(tmp_path, model_dir)
+    assert code == 0, log[-3000:]
+    record = json.loads((tmp_path / "eval.json").read_text())
+    assert record["global_step"] == 61 and record["checkpoint"].endswith("/ckpt-61/model.ckpt-61")

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from bwtf.estimator import config, model_fn
+from bwtf.estimator.training import step_limit as _step_limit
 from bwtf.estimator.training.schedule import learning_rate
 
 _MODES = tf.estimator.ModeKeys
@@ -136,3 +137,47 @@ def test_checkpoint_from_another_model_or_class_count_is_refused(tmp_path, other
     model_fn.check_checkpoint_compatible(path, _train_config("small_cnn", tmp_path))
     with pytest.raises(model_fn.CheckpointMismatchError, match=message):
         model_fn.check_checkpoint_compatible(path, config.TrainConfig(model=other))
+
+
+@pytest.mark.parametrize("last_step", [1, 40])
+def test_racing_updates_stop_at_the_last_step_and_none_applies_beyond(last_step):
+    """Eight threads run the train_op of one session 25 times each (200 runs) with
+    a limit of ``last_step``: the global step ends at exactly ``last_step`` and
+    exactly that many updates applied (each moves ``v`` by the learning rate)."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    with tf.Graph().as_default():
+        step = tf.compat.v1.train.get_or_create_global_step()
+        v = tf.compat.v1.get_variable("v", [], initializer=tf.zeros_initializer())
+        optimizer = _step_limit.StepLimitedOptimizer(tf.compat.v1.train.GradientDescentOptimizer(0.5), last_step)
+        train_op = optimizer.minimize(v * 1.0, global_step=step)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+
+            def worker():
+                for _ in range(25):
+                    sess.run(train_op)
+
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sess.run(step) == last_step
+            assert sess.run(v) == pytest.approx(-0.5 * last_step)
+
+
+@pytest.mark.parametrize("precision, xla", [("fp32", True), ("fp16", False)])
+def test_ps_training_graph_stops_its_updates_at_train_steps(precision, xla, tmp_path):
+    """model_fn's TRAIN graph under distribution=ps (XLA, dynamic loss scaling):
+    five runs of the train_op with train_steps=3 leave the global step at 3."""
+    train_config = _train_config("small_cnn", tmp_path, precision=precision, xla=xla, train_steps=3,
+                                 distribution="ps")
+    with tf.Graph().as_default():
+        spec = _spec(train_config, _MODES.TRAIN)
+        step = tf.compat.v1.train.get_global_step()
+        with tf.compat.v1.Session() as sess:
+            sess.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
+            for _ in range(5):
+                sess.run(spec.train_op)
+            assert sess.run(step) == 3

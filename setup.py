@@ -26,18 +26,37 @@ _SUBPACKAGES = setuptools.find_packages(
     where=".", include=["estimator", "estimator.*", "data", "data.*", "ckpt", "ckpt.*"]
 )
 
-# TensorFlow 2.15 is the last release that ships tf.estimator. The TFDS and
+# The base requirements hold for both supported TensorFlow versions; each
+# TensorFlow extra pins its own stack, checked with a clean install and `pip check`:
+#
+# 2.15.1 (extras cpu, gpu): the last release that ships tf.estimator. The TFDS and
 # tensorflow-metadata pins are the newest pair that import together with
 # protobuf 4.x on Python 3.11: an unpinned tensorflow-metadata pulls a release
 # that needs protobuf 5, which TF 2.15 refuses, and `import tensorflow_datasets`
-# then fails.
+# then fails. numpy 2 is not supported by TF 2.15.
+#
+# 2.21.0 (extras cpu-tf221, gpu-tf221): no tf.estimator and no Keras 2; bwtf's
+# own runner stands in. It needs protobuf >= 6.31.1 (TF 2.21) and takes numpy 2;
+# TFDS 4.9.10 with tensorflow-metadata 1.21.0 import with them. tensorflow-estimator
+# must NOT be installed beside it (`import bwtf` refuses the mix). The `beam` extra
+# (apache-beam 2.60 needs protobuf < 4.26 and numpy < 1.27) cannot be installed
+# beside this stack: build datasets across nodes from a 2.15 environment.
 _TF_VERSION = "2.15.1"
-_REQUIRED = [
+_TF_STACK = [
     "tensorflow-estimator~=2.15.0",
     "tensorflow-datasets==4.9.4",
     "tensorflow-metadata==1.15.0",
     "protobuf>=3.20.3,<5",
     "numpy>=1.23.5,<2",
+]
+_TF221_VERSION = "2.21.0"
+_TF221_STACK = [
+    "tensorflow-datasets==4.9.10",
+    "tensorflow-metadata==1.21.0",
+    "protobuf>=6.31.1,<8",
+    "numpy>=1.26,<3",
+]
+_REQUIRED = [
     "absl-py>=1.4,<3",
     "fsspec>=2023.12.0",
     "gcsfs>=2023.12.0",
@@ -51,8 +70,10 @@ _REQUIRED = [
     "setuptools>=68,<82",
 ]
 _EXTRAS = {
-    "cpu": [f"tensorflow-cpu=={_TF_VERSION}"],
-    "gpu": [f"tensorflow[and-cuda]=={_TF_VERSION}"],
+    "cpu": [f"tensorflow-cpu=={_TF_VERSION}"] + _TF_STACK,
+    "gpu": [f"tensorflow[and-cuda]=={_TF_VERSION}"] + _TF_STACK,
+    "cpu-tf221": [f"tensorflow-cpu=={_TF221_VERSION}"] + _TF221_STACK,
+    "gpu-tf221": [f"tensorflow[and-cuda]=={_TF221_VERSION}"] + _TF221_STACK,
     "beam": ["apache-beam==2.60.0"],
     "demo": ["scikit-learn>=1.3,<2"],
     "report": ["matplotlib>=3.7,<4"],
@@ -79,13 +100,13 @@ setuptools.setup(
     name="bwtf",
     version="0.1.0",
     description=(
-        "Distributed tf.estimator training of ImageNet models on HPC clusters, "
+        "Distributed Estimator-style training of ImageNet models on HPC clusters (TensorFlow 2.15 or 2.21), "
         "with checkpoints gathered on the chief and committed atomically."
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9,<3.12",
+    python_requires=">=3.9,<3.14",  # 2.15: 3.9-3.11 (extras cpu, gpu); 2.21: 3.10-3.13
     package_dir={"bwtf": "."},
     packages=["bwtf"] + [f"bwtf.{name}" for name in _SUBPACKAGES],
     include_package_data=False,
@@ -99,6 +120,8 @@ setuptools.setup(
         "Programming Language :: Python :: 3.9",
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

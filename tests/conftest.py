@@ -4,6 +4,7 @@
 * ``digits_data_dir`` / ``digits_dataset_name``: a real-data TFDS dataset
   (scikit-learn's digits as an ILSVRC2012-layout archive), built once per session.
 """
+import os
 import pathlib
 
 import pytest
@@ -50,3 +51,19 @@ def digits_data_dir(tmp_path_factory):
     summary = build.build_dataset(manual_dir, root / "tfds", class_set="present")
     assert f"imagenet_archive/{summary.dataset_name.split('/')[1]}" == DIGITS_DATASET_NAME
     return str(root / "tfds")
+
+
+_DEFAULT_TF221_PYTHON = "/work/venv221/bin/python"
+
+
+@pytest.fixture(scope="session")
+def tf221_python():
+    """A python with TensorFlow 2.21 (``BWTF_TF221_PYTHON``, else the default path if it exists), or a skip."""
+    python = os.environ.get("BWTF_TF221_PYTHON") or (
+        _DEFAULT_TF221_PYTHON if os.path.exists(_DEFAULT_TF221_PYTHON) else None)
+    if not python:
+        pytest.skip("no TensorFlow 2.21 interpreter: set BWTF_TF221_PYTHON to a python with "
+                    "tensorflow-cpu==2.21.0 (e.g. .venv221 from BWTF_EXTRAS=cpu-tf221 scripts/install.sh)")
+    if not os.path.exists(python):
+        pytest.fail(f"BWTF_TF221_PYTHON={python} does not exist")
+    return python

@@ -149,24 +149,16 @@ def test_import_refuses_an_estimator_of_another_version(tmp_path):
     assert "pip install 'tensorflow-estimator~=2.15.0'" in last_line
 
 
-def _tf221_python():
-    python = os.environ.get("BWTF_TF221_PYTHON") or (
-        "/work/venv221/bin/python" if os.path.exists("/work/venv221/bin/python") else None)
-    if not python:
-        pytest.skip("no TensorFlow 2.21 interpreter: set BWTF_TF221_PYTHON")
-    return python
-
-
-def test_import_accepts_tensorflow_221_alone():
-    result = subprocess.run([_tf221_python(), "-c", "import bwtf; print(bwtf.TENSORFLOW_LINE)"],
+def test_import_accepts_tensorflow_221_alone(tf221_python):
+    result = subprocess.run([tf221_python, "-c", "import bwtf; print(bwtf.TENSORFLOW_LINE)"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2.21"
 
 
-def test_import_refuses_tensorflow_estimator_beside_221(tmp_path):
+def test_import_refuses_tensorflow_estimator_beside_221(tmp_path, tf221_python):
     site = _fake_distribution(tmp_path / "site", "tensorflow_estimator", "tensorflow-estimator", "2.15.0")
-    last_line = _import_bwtf(site, _tf221_python())
+    last_line = _import_bwtf(site, tf221_python)
     assert ("this environment mixes TensorFlow installs: tensorflow-estimator 2.15.0 (made for TensorFlow 2.15) "
             "beside TensorFlow 2.21.0, which has no tf.estimator; pip uninstall tensorflow-estimator") in last_line
 

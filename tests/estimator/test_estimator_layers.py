@@ -217,3 +217,26 @@ def test_resnet50_keeps_its_published_parameter_count():
         images = tf.compat.v1.placeholder(tf.float32, [None, 224, 224, 3])
         model_fn.build_logits(images, config.ModelConfig("resnet50", 1000, 224), training=True)
         assert models.parameter_count(tf.compat.v1.trainable_variables()) == 25_557_032
+
+
+def _initial_values(network_name):
+    network, size = _NETWORKS[network_name]
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(3)
+        network(tf.zeros([2, size, size, 3]), True, "fp32")
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            return session.run(tf.compat.v1.global_variables())
+
+
+@needs_v1_layers
+@pytest.mark.parametrize("network", ["every_layer", "small_cnn"])
+def test_same_initial_values_as_tf_compat_v1_layers_under_a_graph_seed(network, monkeypatch):
+    # A run started from scratch with a fixed seed starts from the weights it started from before.
+    ours = _initial_values(network)
+    for name, function in _reference_layers().items():
+        monkeypatch.setattr(_layers, name, function)
+    reference = _initial_values(network)
+    assert len(ours) == len(reference)
+    for got, expected in zip(ours, reference):
+        np.testing.assert_array_equal(got, expected)

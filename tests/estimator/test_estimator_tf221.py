@@ -1,8 +1,8 @@
 """The models on TensorFlow 2.21 (no tf.estimator, no Keras 2), and checkpoints across 2.15 and 2.21.
 
-These tests run a second interpreter with TensorFlow 2.21: ``BWTF_TF221_PYTHON``
-names it (default ``/work/venv221/bin/python`` where it exists); without one
-they skip and say so. Under it, every model must build in graph mode with
+These tests run a second interpreter with TensorFlow 2.21: the ``tf221_python``
+fixture (tests/conftest.py) takes it from ``BWTF_TF221_PYTHON`` (default
+``/work/venv221/bin/python`` where it exists); without one they skip and say so. Under it, every model must build in graph mode with
 exactly the golden variable list (``testdata/model_variables.json``, dumped
 from the 2.15 models before the layer rewrite) without importing
 tensorflow-estimator, and a checkpoint written by a plain tf.compat.v1 Saver in
@@ -24,19 +24,7 @@ from bwtf.estimator import config, model_fn
 import model_variables
 
 _HERE = pathlib.Path(__file__).resolve().parent
-_DEFAULT_TF221_PYTHON = "/work/venv221/bin/python"
 _TIMEOUT_SECS = 900  # two cores shared with other jobs: building the default-size models takes minutes
-
-
-def _tf221_python():
-    python = os.environ.get("BWTF_TF221_PYTHON") or (
-        _DEFAULT_TF221_PYTHON if os.path.exists(_DEFAULT_TF221_PYTHON) else None)
-    if not python:
-        pytest.skip("no TensorFlow 2.21 interpreter: set BWTF_TF221_PYTHON to a python with "
-                    "tensorflow-cpu==2.21.0 (e.g. a venv made with BWTF_EXTRAS=cpu-tf221 scripts/install.sh)")
-    if not os.path.exists(python):
-        pytest.fail(f"BWTF_TF221_PYTHON={python} does not exist")
-    return python
 
 
 def _run(python, *args):
@@ -48,19 +36,18 @@ def _run(python, *args):
 
 
 @pytest.mark.slow
-def test_every_model_builds_on_tf221_with_the_golden_variables():
-    python = _tf221_python()
-    found = json.loads(_run(python, str(_HERE / "model_variables.py"), "--list", "fp32"))
+def test_every_model_builds_on_tf221_with_the_golden_variables(tf221_python):
+    found = json.loads(_run(tf221_python, str(_HERE / "model_variables.py"), "--list", "fp32"))
     assert found == json.loads(model_variables.GOLDEN.read_text())
 
 
 @pytest.mark.slow
-def test_model_path_imports_no_estimator_on_tf221():
+def test_model_path_imports_no_estimator_on_tf221(tf221_python):
     code = ("import json, sys, tensorflow as tf; import bwtf; "
             "from bwtf.estimator import config, model_fn, models; "
             "imported = 'tensorflow_estimator' in sys.modules; "
             "print(json.dumps([tf.__version__, bwtf.TENSORFLOW_LINE, imported, hasattr(tf, 'estimator')]))")
-    version, line, imported, has_estimator = json.loads(_run(_tf221_python(), "-c", code))
+    version, line, imported, has_estimator = json.loads(_run(tf221_python, "-c", code))
     assert version.startswith("2.21.") and line == "2.21"
     assert not imported and not has_estimator
 
@@ -84,16 +71,16 @@ def _roundtrip(writer, reader, folder):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("direction", ["2.15 writes, 2.21 restores", "2.21 writes, 2.15 restores"])
-def test_checkpoint_restores_across_tensorflow_versions(tmp_path, direction):
-    this, other = sys.executable, _tf221_python()
+def test_checkpoint_restores_across_tensorflow_versions(tmp_path, direction, tf221_python):
+    this, other = sys.executable, tf221_python
     writer, reader = (this, other) if direction.startswith("2.15") else (other, this)
     _roundtrip(writer, reader, tmp_path)
 
 
 @pytest.mark.slow
-def test_checkpoint_of_another_layout_is_refused_with_the_variables_named(tmp_path):
+def test_checkpoint_of_another_layout_is_refused_with_the_variables_named(tmp_path, tf221_python):
     # A 2.21 checkpoint of small_cnn, checked against resnet50 (missing and unexpected variables).
-    _run(_tf221_python(), str(_HERE / "checkpoint_roundtrip.py"), "save", str(tmp_path), "small_cnn:16:10")
+    _run(tf221_python, str(_HERE / "checkpoint_roundtrip.py"), "save", str(tmp_path), "small_cnn:16:10")
     prefix = str(tmp_path / "small_cnn" / "model.ckpt")
     train_config = config.TrainConfig(model=config.ModelConfig("resnet50", 10, 32))
     with pytest.raises(model_fn.CheckpointMismatchError) as raised:

@@ -42,8 +42,6 @@ from bwtf.estimator.cluster import tf_config
 
 _PR_SET_PDEATHSIG = 1
 _CHIEF_POLL_SECS = 1.0
-# The first one set names this task's rank.
-_RANK_VARIABLES = ("SLURM_PROCID",) + roles.MPI_RANK_VARIABLES
 
 
 def die_with_parent():
@@ -70,7 +68,7 @@ def _own_tf_config_address():
 
 
 def _task_rank():
-    for name in _RANK_VARIABLES:
+    for name in roles.SCHEDULER_RANK_VARIABLES:
         if roles.is_rank_number(os.environ.get(name, "")):
             return os.environ[name].strip()
     return f"pid{os.getpid()}"

@@ -78,10 +78,11 @@ _PORTS_PER_JOB = 16
 _PORT_SLOTS = 2000
 # The MPI launchers' rank variables, first set wins (SLURM_PROCID is Slurm's own).
 MPI_RANK_VARIABLES = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
+# A batch task's rank under any scheduler: Slurm's first, then the MPI launchers'.
+SCHEDULER_RANK_VARIABLES = ("SLURM_PROCID",) + MPI_RANK_VARIABLES
 _SIZE_VARIABLES = ("PMI_SIZE", "PALS_SIZE", "OMPI_COMM_WORLD_SIZE")
 _PORT_BASE_VARIABLE = "BWTF_PORT_BASE"
 _GPUS_PER_NODE_VARIABLE = "BWTF_GPUS_PER_NODE"
-_SCHEDULER_RANK_VARIABLES = ("SLURM_PROCID",) + ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "ALPS_APP_PE")
 _SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
                     "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:(\d{1,5})$")
@@ -483,7 +484,7 @@ def under_scheduler(role, environ):
 
 def describe_placement(role, environ):
     """One line naming this task, its scheduler rank, its node and the GPUs it sees."""
-    rank = next((environ[name] for name in _SCHEDULER_RANK_VARIABLES if environ.get(name, "").isdigit()), "-")
+    rank = next((environ[name] for name in SCHEDULER_RANK_VARIABLES if environ.get(name, "").isdigit()), "-")
     devices = environ.get("CUDA_VISIBLE_DEVICES")
     seen = "CUDA_VISIBLE_DEVICES unset" if devices is None else f"CUDA_VISIBLE_DEVICES='{devices}'"
     return f"task {role.task_type}:{role.task_id} (rank {rank}) on {socket.gethostname()}, {seen}"

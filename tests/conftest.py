@@ -1,11 +1,13 @@
 """Fixtures shared by every test area. Keep this file small and generic.
 
 * ``imagenet_samples_dir``: the real ImageNet sample JPEGs, read in place.
+* ``tf221_python``: a python with TensorFlow 2.21 and this checkout (made on first use).
 * ``digits_data_dir`` / ``digits_dataset_name``: a real-data TFDS dataset
   (scikit-learn's digits as an ILSVRC2012-layout archive), built once per session.
 """
 import os
 import pathlib
+import subprocess
 
 import pytest
 
@@ -53,17 +55,35 @@ def digits_data_dir(tmp_path_factory):
     return str(root / "tfds")
 
 
-_DEFAULT_TF221_PYTHON = "/work/venv221/bin/python"
+# The TensorFlow 2.21 environment the cross-version tests run in, made from this
+# checkout by the README's install command when BWTF_TF221_PYTHON names none.
+TF221_VENV = REPO_ROOT / ".venv-tf221"
+_TF221_INSTALL_TIMEOUT_SECS = 3600
 
 
 @pytest.fixture(scope="session")
 def tf221_python():
-    """A python with TensorFlow 2.21 (``BWTF_TF221_PYTHON``, else the default path if it exists), or a skip."""
-    python = os.environ.get("BWTF_TF221_PYTHON") or (
-        _DEFAULT_TF221_PYTHON if os.path.exists(_DEFAULT_TF221_PYTHON) else None)
-    if not python:
-        pytest.skip("no TensorFlow 2.21 interpreter: set BWTF_TF221_PYTHON to a python with "
-                    "tensorflow-cpu==2.21.0 (e.g. .venv221 from BWTF_EXTRAS=cpu-tf221 scripts/install.sh)")
-    if not os.path.exists(python):
-        pytest.fail(f"BWTF_TF221_PYTHON={python} does not exist")
-    return python
+    """A python with TensorFlow 2.21 and this checkout's bwtf.
+
+    ``BWTF_TF221_PYTHON`` names one; else ``.venv-tf221`` in the checkout,
+    installed on first use with ``BWTF_VENV=.venv-tf221
+    BWTF_EXTRAS=cpu-tf221,test bash scripts/install.sh`` (a few minutes, from
+    the package registry; later runs reuse it).
+    """
+    python = os.environ.get("BWTF_TF221_PYTHON")
+    if python:
+        if not os.path.exists(python):
+            pytest.fail(f"BWTF_TF221_PYTHON={python} does not exist")
+        return python
+    python = TF221_VENV / "bin" / "python"
+    marker = TF221_VENV / ".bwtf-installed"
+    if not marker.exists():
+        result = subprocess.run(
+            ["bash", str(REPO_ROOT / "scripts" / "install.sh")], cwd=REPO_ROOT, capture_output=True, text=True,
+            env=dict(os.environ, BWTF_VENV=str(TF221_VENV), BWTF_EXTRAS="cpu-tf221,test"),
+            timeout=_TF221_INSTALL_TIMEOUT_SECS, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"installing the TensorFlow 2.21 environment failed (exit {result.returncode}):\n"
+                        f"{(result.stdout + result.stderr)[-3000:]}")
+        marker.write_text("BWTF_EXTRAS=cpu-tf221,test\n")
+    return str(python)

@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _MODULE_FOLDERS = ("estimator", "data", "ckpt")
 # Not bwtf sources: the venv, build output, caches, and the offline stand-in
 # repositories (their BUILD files belong to other Bazel repositories).
-_SKIPPED_PATHS = {".venv", ".git", ".pytest_cache", "build", "dist", "demo-out", "scripts/bazel/offline"}
+_SKIPPED_PATHS = {".venv", ".venv-tf221", ".git", ".pytest_cache", "build", "dist", "demo-out", "scripts/bazel/offline"}
 _TEST_RULES = ("py_test", "pytest_test")
 
 
@@ -242,7 +242,7 @@ def test_workspace_is_named_bwtf_and_ignores_the_venv():
     # The name makes the runfiles tree <runfiles>/bwtf, where `import bwtf` resolves.
     assert 'workspace(name = "bwtf")' in (REPO / "WORKSPACE").read_text()
     ignored = (REPO / ".bazelignore").read_text().split()
-    assert ".venv" in ignored, "Bazel would scan the virtualenv in the repository root as packages"
+    assert {".venv", ".venv-tf221"} <= set(ignored), "Bazel would scan the virtualenvs in the checkout as packages"
 
 
 _GOOD_TREE = {

@@ -24,7 +24,7 @@ def wheel(tmp_path_factory):
     # output cannot leak into the wheel.
     source = tmp_path_factory.mktemp("source") / "bwtf"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "bazel-*", "__pycache__"))
+        ".git", ".venv", ".venv-tf221", "build", "*.egg-info", "bazel-*", "__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",

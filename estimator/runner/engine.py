@@ -125,9 +125,11 @@ class _DatasetInitializerHook(tf.compat.v1.train.SessionRunHook):
 
 
 def _accepted(function, candidates):
+    """The candidates ``function`` names as parameters; as Estimator, ``**kwargs`` takes none of them
+    (a wrapper ``f(*args, **kwargs)`` forwards exactly what its caller gets)."""
     parameters = inspect.signature(function).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
-    return {name: value for name, value in candidates.items() if takes_any or name in parameters}
+    named = {name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {name: value for name, value in candidates.items() if name in named}
 
 
 def _features_and_labels(input_fn, mode, params, config):

@@ -201,3 +201,34 @@ def test_sync_replicas_trains_through_the_runner(use_runner, tmp_path):
         assert code == 0, f"{name} exited with {code}:\n{log[-3000:]}"
     assert "distribution=ps sync" in (tmp_path / "run" / "logs" / "chief.log").read_text()
     assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 20
+
+
+def test_the_runner_calls_input_fn_and_model_fn_as_the_estimator_does(tmp_path):
+    """Only the arguments a function names: a ``(*args, **kwargs)`` wrapper gets none, as under Estimator;
+    ``steps`` bounds the batches of an evaluation; export writes a loadable SavedModel."""
+    import runner_job
+    import tensorflow as tf
+
+    from bwtf.estimator.runner import engine
+
+    model_dir = str(tmp_path / "run")
+    runner = engine.Runner(runner_job.model_fn, engine.RunConfig(model_dir=model_dir, log_step_count_steps=None),
+                           params={"save_steps": 10})
+    ckpt.take_ownership(model_dir)
+    runner.train(runner_job.input_fn, max_steps=20)
+    assert ckpt.latest_intact_checkpoint(model_dir).step == 20
+
+    def wrapped(*args, **kwargs):
+        assert not args and not kwargs
+        return runner_job.input_fn(spec.ModeKeys.EVAL)
+
+    everything = runner.evaluate(wrapped, name="all")
+    two_batches = runner.evaluate(wrapped, steps=2, name="two")
+    assert everything["global_step"] == two_batches["global_step"] == 20
+    assert set(everything) == {"accuracy", "loss", "global_step"}
+    # 512 examples in batches of 64: the whole split differs from its first two batches.
+    assert everything["loss"] != pytest.approx(two_batches["loss"], rel=1e-6)
+    path = runner.export_saved_model(str(tmp_path / "export"), runner_job._serving_input)
+    loaded = tf.saved_model.load(path)
+    points, _ = runner_job._data()
+    assert loaded.signatures["serving_default"](points=tf.constant(points[:3]))["classes"].shape == (3,)

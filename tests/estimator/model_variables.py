@@ -8,7 +8,7 @@ shape, dtype, trainable). The tests import ``variable_list``; the 2.21 test runs
 this file as a script in the other interpreter (``--list``) and compares its
 output with the same golden file.
 
-    PYTHONPATH=/work/pp/<tree> .venv/bin/python tests/estimator/model_variables.py --write
+    .venv/bin/python tests/estimator/model_variables.py --write
 """
 import json
 import pathlib

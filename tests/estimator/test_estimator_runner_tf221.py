@@ -1,9 +1,7 @@
 """bwtf's runner on TensorFlow 2.21 (no tf.estimator): a get_variable/tf.nn model_fn trains, evaluates, exports.
 
-Runs ``runner_job.py`` with the 2.21 interpreter: ``BWTF_TF221_PYTHON`` if set,
-else ``/work/venv221/bin/python``. Skipped, with the reason, when that
-interpreter is missing, has no TensorFlow 2.16+, or refuses ``import bwtf``
-(the import guard that accepts 2.21 lands with the setup extras).
+Runs ``runner_job.py`` with the 2.21 interpreter of the ``tf221_python``
+fixture (tests/conftest.py).
 """
 import json
 import os
@@ -15,7 +13,6 @@ import pytest
 from estimator_helpers import ROLE_VARIABLES, free_ports
 
 _JOB = str(pathlib.Path(__file__).with_name("runner_job.py"))
-_DEFAULT_PYTHON = "/work/venv221/bin/python"
 
 
 def _env():
@@ -23,24 +20,6 @@ def _env():
     for name in ROLE_VARIABLES:
         env.pop(name, None)
     return env
-
-
-@pytest.fixture(scope="module")
-def tf221_python():
-    python = os.environ.get("BWTF_TF221_PYTHON", _DEFAULT_PYTHON)
-    if not os.access(python, os.X_OK):
-        pytest.skip(f"no TensorFlow 2.21 interpreter at {python} (set BWTF_TF221_PYTHON to one)")
-    probe = subprocess.run(
-        [python, "-c", "import tensorflow as tf; print(tf.__version__, hasattr(tf, 'estimator')); import bwtf"],
-        capture_output=True, text=True, env=_env(), timeout=300, check=False)
-    first = (probe.stdout.split("\n") or [""])[0].split()
-    if not first or first[0].split(".")[:2] < ["2", "16"] or first[1] != "False":
-        pytest.skip(f"{python} has no TensorFlow without tf.estimator (found {' '.join(first) or 'none'})")
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"import bwtf fails under TensorFlow {first[0]} ({last[:200]}); the import guard that "
-                    "accepts 2.21 is not in this tree yet")
-    return python
 
 
 def _events(output):

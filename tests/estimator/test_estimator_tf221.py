@@ -1,8 +1,8 @@
 """The models on TensorFlow 2.21 (no tf.estimator, no Keras 2), and checkpoints across 2.15 and 2.21.
 
 These tests run a second interpreter with TensorFlow 2.21: the ``tf221_python``
-fixture (tests/conftest.py) takes it from ``BWTF_TF221_PYTHON`` (default
-``/work/venv221/bin/python`` where it exists); without one they skip and say so. Under it, every model must build in graph mode with
+fixture (tests/conftest.py: ``BWTF_TF221_PYTHON``, else ``.venv-tf221`` made
+from this checkout). Under it, every model must build in graph mode with
 exactly the golden variable list (``testdata/model_variables.json``, dumped
 from the 2.15 models before the layer rewrite) without importing
 tensorflow-estimator, and a checkpoint written by a plain tf.compat.v1 Saver in

@@ -10,13 +10,16 @@
 # 5. exports a SavedModel into a version folder (bwtf-export) and verifies the checkpoints (bwtf-ckpt verify);
 # 6. prints precision@1 and where everything went.
 # BWTF_DEMO_SKIP_INSTALL=1 skips step 0 (the install) on a machine that already has .venv.
+# BWTF_VENV and BWTF_EXTRAS choose the environment as for install.sh, e.g. TensorFlow 2.21:
+#   BWTF_VENV=.venv-tf221 BWTF_EXTRAS=cpu-tf221,demo,test bash scripts/demo.sh
 # The console shows bwtf's own lines (at most 60 after the installation); each task's full
 # log, TensorFlow's included, is in demo-out/model/logs/<role>.log. BWTF_DEMO_VERBOSE=1
 # passes -v 0 to every program, which shows the full logs on the console instead.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$(mkdir -p "${BWTF_DEMO_OUT:-$repo/demo-out}" && cd "${BWTF_DEMO_OUT:-$repo/demo-out}" && pwd)"
-bin="$repo/.venv/bin"
+venv="${BWTF_VENV:-$repo/.venv}"
+bin="$venv/bin"
 started=$SECONDS
 # TF's C++ start-up notices (oneDNN, CPU features) once per process are noise here.
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}"

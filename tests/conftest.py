@@ -61,6 +61,19 @@ TF221_VENV = REPO_ROOT / ".venv-tf221"
 _TF221_INSTALL_TIMEOUT_SECS = 3600
 
 
+def _has_tf221(python):
+    """``python`` runs, imports this checkout's bwtf, and has TensorFlow 2.21."""
+    if not python.exists():
+        return False
+    probe = subprocess.run(
+        [str(python), "-c", "import os, sys, bwtf, tensorflow as tf; assert tf.__version__.startswith('2.21.'); "
+         "assert os.path.realpath(bwtf.__file__).startswith(os.path.realpath(sys.argv[1]) + os.sep)",
+         str(REPO_ROOT)],
+        capture_output=True, text=True, timeout=300, check=False, cwd="/",
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return probe.returncode == 0
+
+
 @pytest.fixture(scope="session")
 def tf221_python():
     """A python with TensorFlow 2.21 and this checkout's bwtf.
@@ -76,14 +89,12 @@ def tf221_python():
             pytest.fail(f"BWTF_TF221_PYTHON={python} does not exist")
         return python
     python = TF221_VENV / "bin" / "python"
-    marker = TF221_VENV / ".bwtf-installed"
-    if not marker.exists():
+    if not _has_tf221(python):
         result = subprocess.run(
             ["bash", str(REPO_ROOT / "scripts" / "install.sh")], cwd=REPO_ROOT, capture_output=True, text=True,
             env=dict(os.environ, BWTF_VENV=str(TF221_VENV), BWTF_EXTRAS="cpu-tf221,test"),
             timeout=_TF221_INSTALL_TIMEOUT_SECS, check=False)
-        if result.returncode != 0:
+        if result.returncode != 0 or not _has_tf221(python):
             pytest.fail(f"installing the TensorFlow 2.21 environment failed (exit {result.returncode}):\n"
                         f"{(result.stdout + result.stderr)[-3000:]}")
-        marker.write_text("BWTF_EXTRAS=cpu-tf221,test\n")
     return str(python)

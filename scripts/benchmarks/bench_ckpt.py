@@ -8,8 +8,9 @@ Default mode, all in the same run and on the same disk (--dir):
     (the one-step snapshot on the ps), against TF's default Estimator saver,
     Saver(sharded=True), whose save blocks training for all of it (SaveV2
     on each ps; no fsync). Target: at most 1.0x.
-  * time until the bwtf checkpoint is durable and committed (gathered on the
-    chief, fsync, checksums, manifest, rename), while the updater below keeps
+  * time until the bwtf checkpoint is durable and committed (snapshot,
+    gathered on the chief, fsync, checksums, manifest, rename, pointers; the
+    retention that follows is not counted), while the updater below keeps
     training, as a throughput against raw sequential write + fsync of the
     same bytes (measured alone). Target: at least 0.8x raw. Printed beside
     it: the same save with training idle, and the gather floor (every
@@ -151,12 +152,15 @@ def _proc_rss_mib(pid):
 
 
 class _Updater:
-    """A thread bumping every variable and global_step by 1 in one op, in a loop."""
+    """A thread bumping every variable and global_step by 1 in one op, in a loop,
+    behind its update gate as bwtf's model_fn builds a worker's update."""
 
     def __init__(self, tf, sess, step, variables):
         import threading  # pylint: disable=import-outside-toplevel
-        self._bump = tf.group([v.assign_add(tf.ones_like(v)) for v in variables]
-                              + [step.assign_add(1)])
+        from bwtf import ckpt  # pylint: disable=import-outside-toplevel
+        self._bump = ckpt.gated_update(
+            lambda: tf.group([v.assign_add(tf.ones_like(v)) for v in variables]
+                             + [step.assign_add(1)]), stripe=1)
         self._sess = sess
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

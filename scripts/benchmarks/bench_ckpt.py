@@ -22,7 +22,10 @@ Default mode, all in the same run and on the same disk (--dir):
   * snapshot spread: a thread adds 1 to every variable and to global_step in
     one op, as fast as it can, during each save; the spread is the largest
     minus the smallest per-variable count in the checkpoint (bwtf, and TF's).
-    Target 0 for bwtf. Also whether name, manifest and stored global_step agree.
+    Target 0 for bwtf: the updater applies behind its update gate
+    (ckpt.gated_update), as a bwtf worker does; the script exits 1 if a bwtf
+    checkpoint has a spread or its name, manifest and stored global_step
+    disagree.
   * the ps memory cost of the snapshot buffers (VmRSS of the ps tasks before
     and after the first snapshot).
 It prints each figure (median and best of --repeats, with the load average).
@@ -173,6 +176,9 @@ class _Updater:
 
     def __enter__(self):
         self._thread.start()
+        # Saves start once training is under way (and at a step of their own).
+        while self.updates < 2 and self._thread.is_alive():
+            time.sleep(0.01)
         return self
 
     def __exit__(self, *exc):
@@ -251,6 +257,11 @@ def _compare_mode(tf, sess, step, variables, gathered, default, args, dirs, ps_p
     # run is the least disturbed by other processes.
     for label, pick in (("median", statistics.median), ("best", min)):
         _print_figures(label, {k: pick(v) for k, v in results.items()}, args.mib)
+    if any(spreads["bwtf"]) or not all(agree):
+        print(f"FAILED: a bwtf checkpoint does not hold one step (spreads {spreads['bwtf']}, "
+              f"name = manifest = stored global_step: {agree})")
+        return 1
+    return 0
 
 
 def _load_average():
@@ -312,8 +323,8 @@ def main():
             if args.memory:
                 _memory_mode(tf, sess, gathered, args)
             else:
-                _compare_mode(tf, sess, step, variables, gathered, default, args, dirs,
-                              [p.pid for p in procs])
+                return _compare_mode(tf, sess, step, variables, gathered, default, args, dirs,
+                                     [p.pid for p in procs])
     finally:
         for proc in procs:
             proc.kill()

@@ -57,6 +57,12 @@ Public API (import as ``from bwtf import ckpt``)::
         the saver itself (Saver-compatible: build/save/restore/saver_def/...);
         plus save_async(session) -> step, wait(), poll(), last_restored
         ((path, step) of the last restore, after any fallback).
+    ckpt.gated_update(build_update, stripe=0, after=()) -> Operation
+        builds a training update (``build_update()``, e.g. apply_gradients)
+        behind this task's update gate, taken once ``after`` (the gradients)
+        is computed: a GatheredSaver snapshot never sees half of an update,
+        so a checkpoint holds one step under asynchronous workers. Give each
+        worker its own ``stripe`` (its index). bwtf's model_fn does this.
     ckpt.verify_checkpoint(directory, full=True) -> None
         raises CorruptCheckpointError naming the reason unless intact.
     ckpt.list_checkpoints(model_dir) -> list[CheckpointStatus]
@@ -118,6 +124,7 @@ _LAZY = {
     "StopConditions": "bwtf.ckpt.walltime",
     "gathered_scaffold": "bwtf.ckpt.saver",
     "GatheredSaver": "bwtf.ckpt.saver",
+    "gated_update": "bwtf.ckpt.saver",
     "chief_hooks": "bwtf.ckpt.hooks",
     "stop_requested": "bwtf.ckpt.walltime",
     "record_stop": "bwtf.ckpt.walltime",

@@ -18,6 +18,14 @@ as soon as it is written: fsynced and checksummed in the background while the
 next groups are gathered, so the commit at the end has little left to do.
 Restore reads and assigns group by group, also two at a time.
 
+One step: asynchronous workers update the ps while the chief saves. Each
+worker's update is built under ``gated_update``: it takes one of
+``_GATE_STRIPES`` mutexes on the global step's ps (its own stripe, so
+workers never wait for each other) once its gradients are computed, and
+releases it after the update and the global step increment. The snapshot
+takes every stripe (in order, so two snapshots cannot deadlock), reads and
+copies every variable, and releases them: no update is half applied in it.
+
 Restore verifies the whole checkpoint (sizes and the manifest's checksum of
 every file) before it returns: the cheap size check first, the full checksum
 in a thread overlapped with RestoreV2. If the checksum fails, the variables
@@ -56,6 +64,70 @@ from bwtf.ckpt import storage as storage_lib
 
 # Groups in flight at once; each group gets max_group_bytes / _IN_FLIGHT.
 _IN_FLIGHT = 2
+# Update gates (mutexes on the global step's ps): workers hash onto them.
+_GATE_STRIPES = 16
+# A snapshot that cannot take every gate in this long fails (a wedged worker).
+_SNAPSHOT_TIMEOUT_MS = 600 * 1000
+
+
+def _gate_mutex(stripe):
+    return tf.raw_ops.MutexV2(container="", shared_name=f"bwtf_update_gate_{stripe}")
+
+
+def _gate_device():
+    global_step = tf.compat.v1.train.get_global_step()
+    return global_step.device if global_step is not None else None
+
+
+def gated_update(build_update, stripe=0, after=()):
+    """Builds one training update so that no checkpoint snapshot sees half of it.
+
+    ``build_update()`` makes the update ops (e.g. ``optimizer.apply_gradients``
+    with the global step increment); they run while this task's gate (mutex
+    ``stripe % _GATE_STRIPES`` on the global step's ps) is held, and the gate
+    is taken only once every tensor or op in ``after`` (the gradients) is
+    computed, so it is held for the apply alone. A GatheredSaver's snapshot
+    takes every gate, so it lands between whole updates: every variable and
+    the global step of one step. Give each worker its own ``stripe`` (its
+    index in the cluster) and workers never wait for each other. Returns the
+    op to run as the train op. Without a global step, ``build_update()`` as is.
+    """
+    device = _gate_device()
+    if device is None:
+        return build_update()
+    waits = [getattr(t, "op", t) for t in after if t is not None]
+    with tf.compat.v1.name_scope("bwtf_update_gate"):
+        with tf.compat.v1.device(device), tf.control_dependencies(waits):
+            lock = tf.raw_ops.MutexLock(mutex=_gate_mutex(stripe % _GATE_STRIPES))
+    with tf.control_dependencies([lock]):
+        update = build_update()
+    with tf.compat.v1.name_scope("bwtf_update_gate"):
+        with tf.compat.v1.device(device), tf.control_dependencies([update]):
+            release = tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)
+    with tf.control_dependencies([release]):
+        return tf.group(update, name="gated_update")
+
+
+def _take_every_gate(device):
+    """Every stripe's MutexLock, taken one after the other (a fixed order)."""
+    locks = []
+    with tf.compat.v1.device(device):
+        for stripe in range(_GATE_STRIPES):
+            with tf.control_dependencies(locks[-1:]):
+                locks.append(tf.raw_ops.MutexLock(mutex=_gate_mutex(stripe)))
+    return locks
+
+
+def _fresh_read(saveable, spec, tensor):
+    """A read of the saved value made now (inside the caller's control
+    dependencies), not the one the saveable made when it was built."""
+    if callable(getattr(spec, "_tensor", None)):  # resource variables: a read per access
+        return spec.tensor
+    handle = getattr(saveable, "handle_op", None)
+    if handle is not None and handle.dtype == tf.resource:
+        with tf.compat.v1.device(handle.device):
+            return tf.raw_ops.ReadVariableOp(resource=handle, dtype=tensor.dtype)
+    return tf.identity(tensor)
 
 
 def _full_shape(spec, tensor):
@@ -160,27 +232,32 @@ class GatheredSaver:
     def _build_snapshot(self, pairs):
         """Snapshot buffers: one per saved tensor, on that tensor's own device.
 
-        ``self._snapshot`` copies every variable into its buffer in one
-        session.run (a local copy on each ps); the group saves then read the
-        buffers, so a checkpoint holds the values of one moment however long
-        the gather takes, and training only waits for the copy. The buffers
-        are resources outside every collection: no initializer (a worker's
-        local init) ever touches them, and only the chief's session runs them.
+        ``self._snapshot`` takes every update gate (see gated_update), copies
+        each variable into its buffer (a local copy on each ps) and releases
+        the gates, in one session.run; the group saves then read the buffers,
+        so a checkpoint holds the values of one step however long the gather
+        takes, and training only waits for the copy. The buffers are
+        resources outside every collection: no initializer (a worker's local
+        init) ever touches them, and only the chief's session runs them.
         Returns ``pairs`` with each tensor replaced by a read of its buffer.
         """
         assigns, snapshot_pairs, self._snapshot_step = [], [], None
         global_step = tf.compat.v1.train.get_global_step()
         step_name = global_step.op.name if global_step is not None else None
+        gate_device = _gate_device()
+        locks = _take_every_gate(gate_device) if gate_device is not None else []
         for saveable, tensors in pairs:
             device = getattr(saveable.op, "device", None) or tensors[0].device
             reads = []
             for spec, tensor in zip(saveable.specs, tensors):
                 key = f"{spec.name}|{spec.slice_spec}|{tensor.dtype.name}|{tensor.shape}"
+                with tf.control_dependencies(locks[-1:]):
+                    value = _fresh_read(saveable, spec, tensor)
                 with tf.compat.v1.device(device):
                     handle = tf.raw_ops.VarHandleOp(
                         dtype=tensor.dtype, shape=tensor.shape, container="",
                         shared_name="bwtf_snapshot_" + hashlib.sha1(key.encode()).hexdigest()[:16])
-                    assign = tf.raw_ops.AssignVariableOp(resource=handle, value=tensor)
+                    assign = tf.raw_ops.AssignVariableOp(resource=handle, value=value)
                     with tf.control_dependencies([assign]):
                         copied = tf.raw_ops.ReadVariableOp(resource=handle, dtype=tensor.dtype)
                     read = tf.raw_ops.ReadVariableOp(resource=handle, dtype=tensor.dtype)
@@ -190,7 +267,11 @@ class GatheredSaver:
                 if spec.name == step_name:
                     self._snapshot_step = copied
             snapshot_pairs.append((saveable, reads))
-        self._snapshot = tf.group(*assigns, name="snapshot")
+        releases = []
+        if locks:
+            with tf.compat.v1.device(gate_device), tf.control_dependencies(assigns):
+                releases = [tf.raw_ops.ConsumeMutexLock(mutex_lock=lock) for lock in locks]
+        self._snapshot = tf.group(*(assigns + releases), name="snapshot")
         return snapshot_pairs
 
     def snapshot(self, sess):
@@ -200,7 +281,14 @@ class GatheredSaver:
         if not self._snapshots:
             return None
         fetches = [self._snapshot] + ([self._snapshot_step] if self._snapshot_step is not None else [])
-        values = sess.run(fetches)
+        try:
+            values = sess.run(fetches, options=tf.compat.v1.RunOptions(
+                timeout_in_ms=_SNAPSHOT_TIMEOUT_MS))
+        except tf.errors.DeadlineExceededError as e:
+            raise errors.CheckpointError(
+                f"The checkpoint snapshot could not take every update gate within "
+                f"{_SNAPSHOT_TIMEOUT_MS // 1000} s: a worker seems stuck inside its update "
+                "(see bwtf.ckpt.gated_update). Check the workers' logs") from e
         _failpoints.reach("snapshot_taken")
         return int(values[1]) if len(values) > 1 else None
 
@@ -327,10 +415,11 @@ class GatheredSaver:
         except BaseException:
             pending.abort()
             raise
+        # Durable and committed here; retention below is the next save's business.
+        self.last_commit_secs = time.monotonic() - started
         self._prune(pending.ownership)
         self._last_checkpoints = [p for p in self._last_checkpoints if p != ref.path] + [ref.path]
         size = commit.check(self._store, self._store.path(f"ckpt-{ref.step}"), full=False).size_bytes
-        self.last_commit_secs = time.monotonic() - started
         log.info("Saved checkpoint %s (gathered on the chief): step %d, %.1f MiB in %.2f s, "
                  "training blocked %.3f s.", ref.path, step, size / 2**20,
                  self.last_commit_secs, self.last_stall_secs)

@@ -22,7 +22,9 @@ int [N] (None in PREDICT). ``params`` is a ``bwtf.estimator.config.TrainConfig``
   and the exported model give the same numbers for the same checkpoint.
 * TRAIN: cross-entropy with label smoothing plus L2 weight decay (batch-norm
   parameters excluded), momentum SGD (optionally Nesterov) on the schedule in
-  ``bwtf.estimator.config``; SyncReplicasOptimizer with ``sync_replicas``;
+  ``bwtf.estimator.config``; asynchronous ps training applies each step
+  behind the task's update gate (``bwtf.ckpt.gated_update``) so checkpoints
+  hold one step; SyncReplicasOptimizer with ``sync_replicas``;
   under ``distribution="ps"`` no update applies once the global step reaches
   ``train_steps`` (``training.step_limit``), so training ends at exactly that step;
   dynamic loss scaling with precision "fp16". TensorBoard scalars: loss,
@@ -176,7 +178,28 @@ def _xla_scope(config):
     return contextlib.nullcontext()
 
 
-def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief):
+def _update(optimizer, loss, global_step, config, stripe):
+    """The train op. Asynchronous ps training applies each step behind this
+    task's update gate (ckpt.gated_update), taken once the gradients are
+    computed: a checkpoint's snapshot never holds half of a step."""
+    if config.sync_replicas or config.distribution != "ps":
+        return optimizer.minimize(loss, global_step=global_step)
+    grads_and_vars = optimizer.compute_gradients(loss)
+    return ckpt.gated_update(
+        lambda: optimizer.apply_gradients(grads_and_vars, global_step=global_step),
+        stripe=stripe, after=[g for g, _ in grads_and_vars])
+
+
+def _stripe(config):
+    """This task's index in the training cluster (chief 0, worker i: i + 1)."""
+    index = getattr(config, "global_id_in_cluster", None)
+    if isinstance(index, int):
+        return index
+    task_id = getattr(config, "task_id", 0) or 0
+    return 0 if getattr(config, "task_type", None) in (None, "chief") else task_id + 1
+
+
+def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief, stripe=0):
     global_step = tf.compat.v1.train.get_or_create_global_step()
     lr = learning_rate(global_step, config)
     # Made before the optimizer and its wrappers add ops: a summary's tag is
@@ -185,7 +208,7 @@ def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief):
     optimizer = _optimizer(config, lr)
     with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
         with _xla_scope(config):
-            train_op = optimizer.minimize(loss, global_step=global_step)
+            train_op = _update(optimizer, loss, global_step, config, stripe)
     precision_at_1 = tf.reduce_mean(_hits(tf.argmax(logits, axis=1), labels))
     tf.compat.v1.summary.scalar("train_precision_at_1", precision_at_1)
     progress = _progress.ProgressHook(
@@ -245,7 +268,8 @@ def model_fn(features, labels, mode, params, config=None):
             scaffold=scaffold, eval_metric_ops=_eval_metrics(logits, labels, predictions))
     loss = _loss(logits, labels, train_config)
     is_chief = config.is_chief if config is not None else True
-    return _train_spec(train_config, logits, labels, loss, scaffold, model_dir, is_chief)
+    return _train_spec(train_config, logits, labels, loss, scaffold, model_dir, is_chief,
+                       _stripe(config))
 
 
 def model_variable_shapes(train_config):

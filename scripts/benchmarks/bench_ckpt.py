@@ -8,8 +8,9 @@ Default mode, all in the same run and on the same disk (--dir):
     (the one-step snapshot on the ps), against TF's default Estimator saver,
     Saver(sharded=True), whose save blocks training for all of it (SaveV2
     on each ps; no fsync). Target: at most 1.0x.
-  * time until the bwtf checkpoint is durable and committed (gathered on the
-    chief, fsync, checksums, manifest, rename), while the updater below keeps
+  * time until the bwtf checkpoint is durable and committed (snapshot,
+    gathered on the chief, fsync, checksums, manifest, rename, pointers; the
+    retention that follows is not counted), while the updater below keeps
     training, as a throughput against raw sequential write + fsync of the
     same bytes (measured alone). Target: at least 0.8x raw. Printed beside
     it: the same save with training idle, and the gather floor (every
@@ -21,7 +22,10 @@ Default mode, all in the same run and on the same disk (--dir):
   * snapshot spread: a thread adds 1 to every variable and to global_step in
     one op, as fast as it can, during each save; the spread is the largest
     minus the smallest per-variable count in the checkpoint (bwtf, and TF's).
-    Target 0 for bwtf. Also whether name, manifest and stored global_step agree.
+    Target 0 for bwtf: the updater applies behind its update gate
+    (ckpt.gated_update), as a bwtf worker does; the script exits 1 if a bwtf
+    checkpoint has a spread or its name, manifest and stored global_step
+    disagree.
   * the ps memory cost of the snapshot buffers (VmRSS of the ps tasks before
     and after the first snapshot).
 It prints each figure (median and best of --repeats, with the load average).
@@ -151,12 +155,15 @@ def _proc_rss_mib(pid):
 
 
 class _Updater:
-    """A thread bumping every variable and global_step by 1 in one op, in a loop."""
+    """A thread bumping every variable and global_step by 1 in one op, in a loop,
+    behind its update gate as bwtf's model_fn builds a worker's update."""
 
     def __init__(self, tf, sess, step, variables):
         import threading  # pylint: disable=import-outside-toplevel
-        self._bump = tf.group([v.assign_add(tf.ones_like(v)) for v in variables]
-                              + [step.assign_add(1)])
+        from bwtf import ckpt  # pylint: disable=import-outside-toplevel
+        self._bump = ckpt.gated_update(
+            lambda: tf.group([v.assign_add(tf.ones_like(v)) for v in variables]
+                             + [step.assign_add(1)]), stripe=1)
         self._sess = sess
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -169,6 +176,9 @@ class _Updater:
 
     def __enter__(self):
         self._thread.start()
+        # Saves start once training is under way (and at a step of their own).
+        while self.updates < 2 and self._thread.is_alive():
+            time.sleep(0.01)
         return self
 
     def __exit__(self, *exc):
@@ -247,6 +257,11 @@ def _compare_mode(tf, sess, step, variables, gathered, default, args, dirs, ps_p
     # run is the least disturbed by other processes.
     for label, pick in (("median", statistics.median), ("best", min)):
         _print_figures(label, {k: pick(v) for k, v in results.items()}, args.mib)
+    if any(spreads["bwtf"]) or not all(agree):
+        print(f"FAILED: a bwtf checkpoint does not hold one step (spreads {spreads['bwtf']}, "
+              f"name = manifest = stored global_step: {agree})")
+        return 1
+    return 0
 
 
 def _load_average():
@@ -308,8 +323,8 @@ def main():
             if args.memory:
                 _memory_mode(tf, sess, gathered, args)
             else:
-                _compare_mode(tf, sess, step, variables, gathered, default, args, dirs,
-                              [p.pid for p in procs])
+                return _compare_mode(tf, sess, step, variables, gathered, default, args, dirs,
+                                     [p.pid for p in procs])
     finally:
         for proc in procs:
             proc.kill()

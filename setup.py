@@ -55,6 +55,9 @@ _TF221_STACK = [
     "tensorflow-metadata==1.21.0",
     "protobuf>=6.31.1,<8",
     "numpy>=1.26,<3",
+    # TFDS 4.9.10 imports it to find a builder's code (download_and_prepare) but
+    # does not require it: without it bwtf-build-data fails on a clean install.
+    "importlib_resources>=6.1,<8",
 ]
 _REQUIRED = [
     "absl-py>=1.4,<3",

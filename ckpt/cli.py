@@ -38,7 +38,6 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "prune: only print what would go.
 
 _USAGE = "bwtf-ckpt {list,verify,inspect,prune} PATH [flags]"
 EXIT_NOT_INTACT = bwtf.EXIT_FAILED
-EXIT_USAGE = bwtf.EXIT_USAGE
 
 
 def _emit(as_json, data, lines):

@@ -218,56 +218,48 @@ def _runner_loop(tf, steps, train_config, data):
     return _cpu_rate(cpu_stamps), _wall_rate(stamps)
 
 
+def _compare_loops(tf, steps, work_dir, rounds, baseline, candidate):
+    """Alternating rounds of two training loops ``(label, loop)``, each in a fresh model_dir
+    (an Estimator must not resume a finished run); prints steps per CPU second and the ratios."""
+    wall = {"baseline": [], "candidate": []}
+    counter = iter(range(10 ** 6))
+
+    def run(kind, loop):
+        train_config, data = _loop_configs(steps, work_dir / f"{kind}-{next(counter)}")
+        cpu_rate, wall_rate = loop(tf, steps, train_config, data)
+        wall[kind].append(wall_rate)
+        return cpu_rate
+
+    base, other, ratios = _alternating_rounds(
+        rounds, lambda: run("baseline", baseline[1]), lambda: run("candidate", candidate[1]))
+    wall_ratios = [c / b for b, c in zip(wall["baseline"], wall["candidate"])]
+    print(_rounds_summary(baseline[0], base, "steps/s"))
+    print(_rounds_summary(candidate[0], other, "steps/s"))
+    print(_rounds_summary("ratio (target >= 0.95x)", ratios, "x"))
+    print(_rounds_summary("wall-clock ratio (load-sensitive)", wall_ratios, "x"))
+
+
 def bench_runner(steps, work_dir, rounds):
     """(r) bwtf's runner against tf.estimator.Estimator.train (or, without tf.estimator, the bare loop)."""
     import tensorflow as tf
 
     from bwtf.estimator.runner import spec
 
-    baseline_name, baseline = (("tf.estimator.Estimator.train (baseline) ", _estimator_loop) if spec.HAS_TF_ESTIMATOR
-                               else ("bare tf.compat.v1.Session loop (baseline)", _bare_loop))
-    wall = {"baseline": [], "runner": []}
-    counter = iter(range(10 ** 6))
-
-    def run(kind, loop):
-        train_config, data = _loop_configs(steps, work_dir / f"{kind}-{next(counter)}")
-        cpu_rate, wall_rate = loop(tf, steps, train_config, data)
-        wall[kind].append(wall_rate)
-        return cpu_rate
-
-    base, runner, ratios = _alternating_rounds(
-        rounds, lambda: run("baseline", baseline), lambda: run("runner", _runner_loop))
-    wall_ratios = [r / b for b, r in zip(wall["baseline"], wall["runner"])]
+    baseline = (("tf.estimator.Estimator.train (baseline) ", _estimator_loop) if spec.HAS_TF_ESTIMATOR
+                else ("bare tf.compat.v1.Session loop (baseline)", _bare_loop))
     print(f"(r) bwtf's runner on TensorFlow {tf.__version__}, small_cnn 64px batch 64, synthetic data, {steps} "
           f"steps per round ({_WARMUP_STEPS} warm-up), {rounds} alternating rounds, steps per CPU second:")
-    print(_rounds_summary(baseline_name, base, "steps/s"))
-    print(_rounds_summary("bwtf.estimator.runner Runner.train       ", runner, "steps/s"))
-    print(_rounds_summary("ratio (target >= 0.95x)", ratios, "x"))
-    print(_rounds_summary("wall-clock ratio (load-sensitive)", wall_ratios, "x"))
+    _compare_loops(tf, steps, work_dir, rounds, baseline,
+                   ("bwtf.estimator.runner Runner.train       ", _runner_loop))
 
 
 def bench_loop_overhead(steps, work_dir, rounds):
     import tensorflow as tf
 
-    wall = {"bare": [], "estimator": []}
-    counter = iter(range(10 ** 6))
-
-    def run(kind, loop):
-        # A fresh model_dir each round: the Estimator must not resume a finished run.
-        train_config, data = _loop_configs(steps, work_dir / f"{kind}-{next(counter)}")
-        cpu_rate, wall_rate = loop(tf, steps, train_config, data)
-        wall[kind].append(wall_rate)
-        return cpu_rate
-
-    bare, wrapped, ratios = _alternating_rounds(
-        rounds, lambda: run("bare", _bare_loop), lambda: run("estimator", _estimator_loop))
-    wall_ratios = [e / b for b, e in zip(wall["bare"], wall["estimator"])]
     print(f"(b) training loop, small_cnn 64px batch 64, synthetic data, {steps} steps per round "
           f"({_WARMUP_STEPS} warm-up), {rounds} alternating rounds, steps per CPU second of the process:")
-    print(_rounds_summary("bare tf.compat.v1.Session loop (baseline)", bare, "steps/s"))
-    print(_rounds_summary("tf.estimator.Estimator.train            ", wrapped, "steps/s"))
-    print(_rounds_summary("ratio (target >= 0.95x)", ratios, "x"))
-    print(_rounds_summary("wall-clock ratio (load-sensitive)", wall_ratios, "x"))
+    _compare_loops(tf, steps, work_dir, rounds, ("bare tf.compat.v1.Session loop (baseline)", _bare_loop),
+                   ("tf.estimator.Estimator.train            ", _estimator_loop))
 
 
 def _free_ports(count):

@@ -1,6 +1,6 @@
 """Benchmarks of the training program, each against a baseline measured in the same run.
 
-    .venv/bin/python scripts/benchmarks/bench_estimator.py [--parts=a,b,c,r] [--rounds=7]
+    .venv/bin/python scripts/benchmarks/bench_estimator.py [--parts=a,b,c,r,x] [--rounds=7]
         [--steps=150] [--accuracy_steps=500] [--work_dir=/tmp/bwtf-bench-estimator]
 
 (a) and (b) run the baseline and bwtf alternately, the first of each pair
@@ -24,6 +24,11 @@ process, so other processes' load enters only through caches and frequency.
     second against ``tf.estimator.Estimator.train`` on the same model_fn and
     batches as (b) (where tf.estimator is missing, TensorFlow 2.16+, against
     the bare loop instead). Target >= 0.95x. Not in the default --parts.
+(x) Across versions: bwtf's runner on TensorFlow 2.21 (``--tf221_python``)
+    against ``tf.estimator.Estimator.train`` on this interpreter's 2.15, same
+    model_fn and batches as (b); each round runs each loop in a process of its
+    own (one loop per process: ``--one_loop``), alternating. Target >= 0.95x.
+    Not in the default --parts.
 (c) Accuracy table on the digits sample archive (built into --work_dir):
     precision@1 on the validation split against global step and wall time, for
     1 worker, 2 asynchronous workers + 1 ps, and 2 collective workers. Each
@@ -239,6 +244,46 @@ def _compare_loops(tf, steps, work_dir, rounds, baseline, candidate):
     print(_rounds_summary("wall-clock ratio (load-sensitive)", wall_ratios, "x"))
 
 
+_LOOPS = {"bare": _bare_loop, "estimator": _estimator_loop, "runner": _runner_loop}
+
+
+def _loop_in_process(python, name, steps, work_dir):
+    """Runs one training loop in a new ``python`` process (this script, --one_loop); its steps per CPU second."""
+    result = subprocess.run(
+        [python, __file__, f"--one_loop={name}", f"--steps={steps}", f"--work_dir={work_dir}"],
+        capture_output=True, text=True, check=False, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if result.returncode != 0:
+        raise SystemExit(f"{python} --one_loop={name} failed:\n{result.stderr[-2000:]}")
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    return record["cpu_rate"], record["version"]
+
+
+def bench_across_versions(steps, work_dir, rounds, tf221_python):
+    """(x) the runner on TensorFlow 2.21 against tf.estimator on this interpreter's 2.15."""
+    counter = iter(range(10 ** 6))
+    versions = {}
+
+    def run(python, name):
+        rate, versions[name] = _loop_in_process(python, name, steps, work_dir / f"{name}-{next(counter)}")
+        return rate
+
+    base, other, ratios = _alternating_rounds(
+        rounds, lambda: run(sys.executable, "estimator"), lambda: run(tf221_python, "runner"))
+    print(f"(x) small_cnn 64px batch 64, synthetic data, {steps} steps per round ({_WARMUP_STEPS} warm-up), "
+          f"{rounds} alternating rounds, one process per loop, steps per CPU second of that process:")
+    print(_rounds_summary(f"tf.estimator on TensorFlow {versions['estimator']} (baseline)", base, "steps/s"))
+    print(_rounds_summary(f"bwtf's runner on TensorFlow {versions['runner']}       ", other, "steps/s"))
+    print(_rounds_summary("ratio (target >= 0.95x)", ratios, "x"))
+
+
+def _one_loop(name, steps, work_dir):
+    import tensorflow as tf
+
+    train_config, data = _loop_configs(steps, work_dir)
+    cpu_rate, wall_rate = _LOOPS[name](tf, steps, train_config, data)
+    print(json.dumps({"cpu_rate": cpu_rate, "wall_rate": wall_rate, "version": tf.__version__}))
+
+
 def bench_runner(steps, work_dir, rounds):
     """(r) bwtf's runner against tf.estimator.Estimator.train (or, without tf.estimator, the bare loop)."""
     import tensorflow as tf
@@ -364,9 +409,14 @@ def main():
                         "--rounds x --repeats passes over the sample JPEGs")
     parser.add_argument("--rounds", type=int, default=7, help="(a), (b), (r) alternating rounds")
     parser.add_argument("--work_dir", default="/tmp/bwtf-bench-estimator")
+    parser.add_argument("--tf221_python", default=".venv-tf221/bin/python", help="(x) a python with TensorFlow 2.21")
+    parser.add_argument("--one_loop", choices=sorted(_LOOPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     work_dir = pathlib.Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    if args.one_loop:
+        _one_loop(args.one_loop, args.steps, work_dir)
+        return
     parts = set(args.parts.split(","))
     if "a" in parts:
         bench_input_pipeline(args.repeats, args.rounds)
@@ -374,6 +424,8 @@ def main():
         bench_loop_overhead(args.steps, work_dir / f"b-{os.getpid()}", args.rounds)
     if "r" in parts:
         bench_runner(args.steps, work_dir / f"r-{os.getpid()}", args.rounds)
+    if "x" in parts:
+        bench_across_versions(args.steps, work_dir / f"x-{os.getpid()}", args.rounds, args.tf221_python)
     if "c" in parts:
         bench_accuracy(args.accuracy_steps, work_dir / f"c-{os.getpid()}")
 

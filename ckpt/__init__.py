@@ -30,7 +30,8 @@ Public API (import as ``from bwtf import ckpt``)::
                           keep_every_hours=None, max_group_bytes=256 MiB,
                           walltime_margin_secs=120.0,
                           stop_signals=(SIGTERM, SIGUSR1))   # frozen dataclass
-    ckpt.gathered_scaffold(model_dir, policy, device=None, quiet_restores=False, **scaffold_kwargs)
+    ckpt.gathered_scaffold(model_dir, policy, device=None, quiet_restores=False, snapshots=True,
+                           **scaffold_kwargs)
         -> tf.compat.v1.train.Scaffold whose saver is a GatheredSaver; call it
            inside an Estimator model_fn (any mode). Save and restore ops run on
            ``device`` (the chief's CPU, "/job:chief/task:0/device:CPU:0";

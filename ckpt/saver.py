@@ -75,8 +75,9 @@ def _gate_mutex(stripe):
 
 
 def _gate_device():
+    """The global step's device in a parameter-server graph; None where there is no ps (one process)."""
     global_step = tf.compat.v1.train.get_global_step()
-    return global_step.device if global_step is not None else None
+    return (global_step.device or None) if global_step is not None else None
 
 
 def gated_update(build_update, stripe=0, after=()):
@@ -86,7 +87,11 @@ def gated_update(build_update, stripe=0, after=()):
     with the global step increment); they run while this task's gate (mutex
     ``stripe % _GATE_STRIPES`` on the global step's ps) is held, and the gate
     is taken only once every tensor or op in ``after`` (the gradients) is
-    computed, so it is held for the apply alone. A GatheredSaver's snapshot
+    computed. Pass gradients that already sit on their variables' ps (see
+    bwtf.estimator.model_fn): ``build_update()`` runs under the gate's device,
+    and the optimizer puts each variable's update beside it, so nothing of
+    the gated part runs on the worker, and a worker that freezes (SIGSTOP, a
+    suspended job) while its gate is held cannot keep it. A GatheredSaver's snapshot
     takes every gate, so it lands between whole updates: every variable and
     the global step of one step. Give each worker its own ``stripe`` (its
     index in the cluster) and workers never wait for each other. Returns the
@@ -99,7 +104,7 @@ def gated_update(build_update, stripe=0, after=()):
     with tf.compat.v1.name_scope("bwtf_update_gate"):
         with tf.compat.v1.device(device), tf.control_dependencies(waits):
             lock = tf.raw_ops.MutexLock(mutex=_gate_mutex(stripe % _GATE_STRIPES))
-    with tf.control_dependencies([lock]):
+    with tf.control_dependencies([lock]), tf.compat.v1.device(device):
         update = build_update()
     with tf.compat.v1.name_scope("bwtf_update_gate"):
         with tf.compat.v1.device(device), tf.control_dependencies([update]):
@@ -628,12 +633,14 @@ def _download(store, directory, staging_root=None):
     return os.path.join(local_dir, manifest["prefix"]), local_dir, manifest
 
 
-def gathered_scaffold(model_dir, policy, device=None, quiet_restores=False, **scaffold_kwargs):
+def gathered_scaffold(model_dir, policy, device=None, quiet_restores=False, snapshots=True, **scaffold_kwargs):
     """A Scaffold whose saver is a GatheredSaver; call it inside the model_fn.
 
-    ``quiet_restores``: the restore line goes to the full log only, not the console.
+    ``quiet_restores``: the restore line goes to the full log only, not the
+    console. ``snapshots=False`` (a graph that only restores: evaluation,
+    serving) adds no snapshot buffers and no update gates.
     """
     if "saver" in scaffold_kwargs:
         raise ValueError("gathered_scaffold makes its own saver; do not pass saver=")
-    saver = GatheredSaver(model_dir, policy, device=device, quiet_restores=quiet_restores)
+    saver = GatheredSaver(model_dir, policy, device=device, snapshots=snapshots, quiet_restores=quiet_restores)
     return tf.compat.v1.train.Scaffold(saver=saver, **scaffold_kwargs)

@@ -159,12 +159,13 @@ def _eval_metrics(logits, labels, predictions):
 def _optimizer(config, lr):
     optimizer = tf.compat.v1.train.MomentumOptimizer(
         lr, config.optimizer.momentum, use_nesterov=config.optimizer.nesterov)
+    if config.distribution == "ps":
+        # Racing asynchronous workers would push the step past --train_steps.
+        # Inside the loss scaling: a step skipped for overflowing gradients claims no step.
+        optimizer = _step_limit.StepLimitedOptimizer(optimizer, config.train_steps)
     if config.precision == "fp16":
         optimizer = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(
             optimizer, loss_scale="dynamic")
-    if config.distribution == "ps":
-        # Racing asynchronous workers would push the step past --train_steps.
-        optimizer = _step_limit.StepLimitedOptimizer(optimizer, config.train_steps)
     if config.sync_replicas:
         optimizer = tf.compat.v1.train.SyncReplicasOptimizer(
             optimizer, replicas_to_aggregate=config.num_workers,
@@ -184,10 +185,22 @@ def _update(optimizer, loss, global_step, config, stripe):
     computed: a checkpoint's snapshot never holds half of a step."""
     if config.sync_replicas or config.distribution != "ps":
         return optimizer.minimize(loss, global_step=global_step)
-    grads_and_vars = optimizer.compute_gradients(loss)
+    # Each gradient is sent to its variable's ps before the gate is taken, so
+    # the gated part runs on the ps alone (see ckpt.gated_update).
+    grads_and_vars = [(_beside(grad, var), var) for grad, var in optimizer.compute_gradients(loss)]
     return ckpt.gated_update(
         lambda: optimizer.apply_gradients(grads_and_vars, global_step=global_step),
         stripe=stripe, after=[g for g, _ in grads_and_vars])
+
+
+def _beside(grad, var):
+    """``grad`` copied to ``var``'s device (outside any XLA cluster); None stays None."""
+    if grad is None:
+        return None
+    with tf.xla.experimental.jit_scope(compile_ops=False), tf.compat.v1.device(var.device):
+        if isinstance(grad, tf.IndexedSlices):
+            return tf.IndexedSlices(tf.identity(grad.values), tf.identity(grad.indices), grad.dense_shape)
+        return tf.identity(grad)
 
 
 def _stripe(config):
@@ -256,7 +269,7 @@ def model_fn(features, labels, mode, params, config=None):
     if training:
         _log_parameter_count(train_config.model.name)
     scaffold = ckpt.gathered_scaffold(model_dir, _policy(train_config), device=train_config.checkpoint_device,
-                                      quiet_restores=not training)
+                                      quiet_restores=not training, snapshots=training)
     predictions = _predictions(logits)
     if mode == spec.ModeKeys.PREDICT:
         return spec.EstimatorSpec(

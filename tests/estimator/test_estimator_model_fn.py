@@ -181,3 +181,74 @@ def test_ps_training_graph_stops_its_updates_at_train_steps(precision, xla, tmp_
             for _ in range(5):
                 sess.run(spec.train_op)
             assert sess.run(step) == 3
+
+
+def _gated_ops(graph):
+    """The ops an asynchronous update runs while its update gate is held: those
+    that the gate's release waits for and that wait for the gate's lock."""
+    gate = [op for op in graph.get_operations() if op.name.startswith("bwtf_update_gate")]
+    (lock,) = [op for op in gate if op.type == "MutexLock"]
+    (release,) = [op for op in gate if op.type == "ConsumeMutexLock"]
+
+    def reach(start, step):
+        seen, todo = set(), [start]
+        while todo:
+            op = todo.pop()
+            for other in step(op):
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+        return seen
+
+    after_lock = reach(lock, lambda op: [c for out in op.outputs for c in out.consumers()] + op._control_outputs)
+    before_release = reach(release, lambda op: [t.op for t in op.inputs] + list(op.control_inputs))
+    return after_lock & before_release
+
+
+@pytest.mark.parametrize("precision,xla", [("fp32", False), ("fp16", True)])
+def test_the_gated_part_of_an_asynchronous_update_runs_on_the_ps_alone(precision, xla, tmp_path):
+    """A worker that freezes (SIGSTOP, a suspended job) while its update gate is
+    held would stop every checkpoint snapshot: nothing gated may run on it."""
+    train_config = _train_config("small_cnn", tmp_path, precision=precision, xla=xla, train_steps=100,
+                                 distribution="ps")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.device(tf.compat.v1.train.replica_device_setter(
+            ps_tasks=2, worker_device="/job:worker/task:0")):
+        _spec(train_config, _MODES.TRAIN)
+    gated = _gated_ops(graph)
+    on_worker = sorted(f"{op.name} ({op.type}) on {op.device!r}" for op in gated if "/job:ps/" not in op.device)
+    assert not on_worker, on_worker[:10]
+    # The updates sit in the step limit's cond (a function), each beside its variable.
+    assert any(op.type in ("If", "StatelessIf") for op in gated), "the variables' updates are not behind the gate"
+    applies = [node for function in graph.as_graph_def().library.function for node in function.node_def
+               if node.op.startswith(("ResourceApply", "Apply"))]
+    assert applies and {node.device for node in applies} == {"/job:ps/task:0", "/job:ps/task:1"}
+
+
+def test_evaluation_and_serving_graphs_take_no_update_gate(tmp_path):
+    train_config = _train_config("small_cnn", tmp_path, distribution="ps")
+    for mode in (_MODES.EVAL, _MODES.PREDICT):
+        graph = tf.Graph()
+        with graph.as_default():
+            _spec(train_config, mode)
+        types = {op.type for op in graph.get_operations()}
+        assert not types & {"MutexV2", "MutexLock", "MutexLockV2"}, (mode, types & {"MutexV2", "MutexLock"})
+        assert not [v for v in graph.get_operations() if "snapshot" in v.name], mode
+
+
+def test_a_step_skipped_for_overflowing_fp16_gradients_claims_no_step(tmp_path):
+    """Under dynamic loss scaling a step whose gradients overflow changes nothing,
+    the global step included (as stock TensorFlow): --train_steps=N applies N updates."""
+    train_config = _train_config("small_cnn", tmp_path, precision="fp16", train_steps=5, distribution="ps")
+    with tf.Graph().as_default():
+        step = tf.compat.v1.train.get_or_create_global_step()
+        weight = tf.compat.v1.get_variable("w", initializer=1.0)
+        scale = tf.compat.v1.placeholder(tf.float32, [])
+        optimizer = model_fn._optimizer(train_config, 0.1)
+        train_op = optimizer.minimize(weight * scale, global_step=step)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(train_op, {scale: float("inf")})
+            assert sess.run([step, weight]) == [0, 1.0]
+            sess.run(train_op, {scale: 1.0})
+            assert sess.run(step) == 1 and sess.run(weight) < 1.0

@@ -189,7 +189,9 @@ class Runner:
             features, labels, input_hooks = _features_and_labels(input_fn, spec.ModeKeys.TRAIN, self.params,
                                                                  self.config)
             model_spec = self._call_model_fn(features, labels, spec.ModeKeys.TRAIN)
-            if self._warm_start is not None:
+            # As Estimator: a run that has a checkpoint of its own resumes from it and
+            # never reads the warm-start source again (it may have been pruned or moved).
+            if self._warm_start is not None and _newest_checkpoint(self.model_dir) is None:
                 settings = self._warm_start
                 tf.compat.v1.train.warm_start(settings.ckpt_to_initialize_from, settings.vars_to_warm_start,
                                               settings.var_name_to_vocab_info, settings.var_name_to_prev_var_name)
@@ -279,10 +281,12 @@ def _write_eval_summary(model_dir, name, results):
     for key, value in sorted(results.items()):
         if key != GLOBAL_STEP and getattr(value, "size", 1) == 1 and not isinstance(value, bytes):
             summary.value.add(tag=key, simple_value=float(value))
-    with tf.Graph().as_default():
-        writer = tf.compat.v1.summary.FileWriter(os.path.join(model_dir, f"eval_{name}" if name else "eval"))
-        writer.add_summary(summary, step)
-        writer.close()
+    # Event files are named by the second and the host: a second writer opened in
+    # the same second would truncate the first's file. One per folder, as Estimator.
+    with tf.Graph().as_default():  # a FileWriter is made in graph mode
+        writer = tf.compat.v1.summary.FileWriterCache.get(os.path.join(model_dir, f"eval_{name}" if name else "eval"))
+    writer.add_summary(summary, step)
+    writer.flush()
 
 
 def train_distributed(runner, input_fn, max_steps, hooks=()):

@@ -232,3 +232,34 @@ def test_the_runner_calls_input_fn_and_model_fn_as_the_estimator_does(tmp_path):
     loaded = tf.saved_model.load(path)
     points, _ = runner_job._data()
     assert loaded.signatures["serving_default"](points=tf.constant(points[:3]))["classes"].shape == (3,)
+
+
+def test_a_warm_start_source_is_read_once_and_evaluations_in_one_second_all_stay(tmp_path):
+    """As under Estimator: once the run has a checkpoint of its own, a later train() resumes from it and
+    never reads the warm-start source again (here deleted meanwhile); three evaluations written within
+    one second keep all three points in eval_<name> (a new event file each time would truncate)."""
+    import shutil
+
+    import runner_job
+    import tensorflow as tf
+
+    from bwtf.estimator.runner import engine
+
+    source = str(tmp_path / "source")
+    ckpt.take_ownership(source)
+    engine.Runner(runner_job.model_fn, engine.RunConfig(model_dir=source, log_step_count_steps=None),
+                  params={"save_steps": 10}).train(runner_job.input_fn, max_steps=10)
+    source_prefix = ckpt.latest_intact_checkpoint(source).path
+    model_dir = str(tmp_path / "run")
+    ckpt.take_ownership(model_dir)
+    runner = engine.Runner(runner_job.model_fn, engine.RunConfig(model_dir=model_dir, log_step_count_steps=None),
+                           params={"save_steps": 10}, warm_start_from=spec.WarmStartSettings(source_prefix))
+    runner.train(runner_job.input_fn, max_steps=10)
+    shutil.rmtree(source)
+    runner.train(runner_job.input_fn, max_steps=20)
+    assert ckpt.latest_intact_checkpoint(model_dir).step == 20
+    for _ in range(3):
+        runner.evaluate(lambda: runner_job.input_fn(spec.ModeKeys.EVAL), steps=1, name="burst")
+    steps = [event.step for path in (tmp_path / "run" / "eval_burst").iterdir()
+             for event in tf.compat.v1.train.summary_iterator(str(path)) if event.summary.value]
+    assert steps == [20, 20, 20]

@@ -162,7 +162,7 @@ def _optimizer(config, lr):
     if config.distribution == "ps":
         # Racing asynchronous workers would push the step past --train_steps.
         # Inside the loss scaling: a step skipped for overflowing gradients claims no step.
-        optimizer = _step_limit.StepLimitedOptimizer(optimizer, config.train_steps)
+        optimizer = _step_limit.StepLimitedOptimizer(optimizer, config.train_steps, serial=config.sync_replicas)
     if config.precision == "fp16":
         optimizer = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(
             optimizer, loss_scale="dynamic")

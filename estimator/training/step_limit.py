@@ -20,15 +20,19 @@ StopAtStepHook stops it. The chief's final save then holds step N.
 The lock guards a read and an assignment of one scalar, not the gradient
 update, so workers still apply their updates in parallel; everything it
 guards runs on the ps that holds it, so a worker that dies or is stopped
-(SIGSTOP) never holds it. An update claimed
-just before the chief stops may land after the chief's final snapshot (as in
-stock asynchronous training, where the step is added after the update, a
-snapshot may hold part of a later update). Batch-norm moving statistics are
-updated by the forward pass (``UPDATE_OPS``), not by the optimizer, so a
-worker's last, unclaimed run still moves them.
+(SIGSTOP) never holds it. bwtf's model_fn builds the claim and the update
+behind the worker's update gate (``bwtf.ckpt.gated_update``), so a
+checkpoint's snapshot never sees a step claimed but not yet applied.
+Batch-norm moving statistics are updated by the forward pass
+(``UPDATE_OPS``), not by the optimizer, so a worker's last, unclaimed run
+still moves them.
 
-Under ``--sync_replicas`` the wrapper sits inside the SyncReplicasOptimizer:
-the chief's queue runner applies the aggregated update through it. Left out:
+Under ``--sync_replicas`` (``serial=True``) the wrapper sits inside the
+SyncReplicasOptimizer, whose chief applies every aggregated update from one
+queue-runner thread: nothing races, so there is no claim. An update applies
+only while the step is below ``last_step``, and the step is added after the
+update as stock TensorFlow does, so a worker that sees step N (and stops)
+sees update N whole. Left out:
 the collective strategy (every replica steps in lockstep and stops together)
 and a single process (nothing races), which use the optimizer as it is.
 """
@@ -59,12 +63,13 @@ class StepLimitedOptimizer(tf.compat.v1.train.Optimizer):
     """Delegates to ``optimizer``, but applies an update only if it claims a
     global step below ``last_step`` (see the module docstring)."""
 
-    def __init__(self, optimizer, last_step, name="StepLimited"):
+    def __init__(self, optimizer, last_step, serial=False, name="StepLimited"):
         super().__init__(use_locking=False, name=name)
         if last_step < 1:
             raise ValueError(f"last_step must be at least 1, got {last_step}")
         self._optimizer = optimizer
         self._last_step = int(last_step)
+        self._serial = serial  # one applier (the sync chief's queue runner): no claim
 
     def compute_gradients(self, *args, **kwargs):
         return self._optimizer.compute_gradients(*args, **kwargs)
@@ -73,6 +78,8 @@ class StepLimitedOptimizer(tf.compat.v1.train.Optimizer):
         if global_step is None:
             return self._optimizer.apply_gradients(grads_and_vars, name=name)
         grads_and_vars = list(grads_and_vars)
+        if self._serial:
+            return self._apply_below_limit(grads_and_vars, global_step, name)
 
         def apply():
             with tf.control_dependencies([self._optimizer.apply_gradients(grads_and_vars, name=name)]):
@@ -85,6 +92,17 @@ class StepLimitedOptimizer(tf.compat.v1.train.Optimizer):
             with tf.control_dependencies([g for g, _ in grads_and_vars if g is not None]):
                 claimed = _claim_step(global_step, self._last_step)
             return tf.compat.v1.cond(claimed, apply, lambda: tf.constant(False), name="apply_if_claimed").op
+
+    def _apply_below_limit(self, grads_and_vars, global_step, name):
+        """The update, with the step added after it, only while the step is below the limit."""
+        def apply():
+            with tf.control_dependencies([self._optimizer.apply_gradients(grads_and_vars, global_step, name=name)]):
+                return tf.constant(True)
+
+        with tf.xla.experimental.jit_scope(compile_ops=False), tf.compat.v1.device(global_step.device):
+            current = global_step.read_value() if hasattr(global_step, "read_value") else tf.identity(global_step)
+            below = tf.less(current, tf.cast(self._last_step, current.dtype))
+            return tf.compat.v1.cond(below, apply, lambda: tf.constant(False), name="apply_below_limit").op
 
     def get_slot(self, *args, **kwargs):
         return self._optimizer.get_slot(*args, **kwargs)

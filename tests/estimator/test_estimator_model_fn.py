@@ -252,3 +252,20 @@ def test_a_step_skipped_for_overflowing_fp16_gradients_claims_no_step(tmp_path):
             assert sess.run([step, weight]) == [0, 1.0]
             sess.run(train_op, {scale: 1.0})
             assert sess.run(step) == 1 and sess.run(weight) < 1.0
+
+
+def test_serial_updates_stop_at_the_last_step_without_a_claim():
+    """--sync_replicas: one applier (the chief's queue runner), so no lock and no claim; the step is
+    added after the update by the optimizer itself, and nothing applies once it reaches the limit."""
+    with tf.Graph().as_default() as graph:
+        step = tf.compat.v1.train.get_or_create_global_step()
+        v = tf.compat.v1.get_variable("v", [], initializer=tf.zeros_initializer())
+        optimizer = _step_limit.StepLimitedOptimizer(tf.compat.v1.train.GradientDescentOptimizer(0.5), 3,
+                                                     serial=True)
+        train_op = optimizer.minimize(v * 1.0, global_step=step)
+        assert not {op.type for op in graph.get_operations()} & {"MutexV2", "MutexLock"}
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for _ in range(5):
+                sess.run(train_op)
+            assert sess.run(step) == 3 and sess.run(v) == pytest.approx(-1.5)

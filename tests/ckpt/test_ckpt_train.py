@@ -73,6 +73,8 @@ def test_planted_links_in_a_run_folder_never_lead_training_outside_it(tmp_path):
 
 
 _READ = re.compile(r"^\d+ +(?:read|pread64|readv|preadv)\(\d+<([^>]+)>.*\) += (\d+)$")
+# bwtf.ckpt checksums a local file through a mapping of all of it: one map is one read of its length.
+_MAP = re.compile(r"^\d+ +mmap\([^,]+, (\d+), [^,]+, [^,]+, \d+<([^>]+)>, 0\) += 0x[0-9a-f]+$")
 
 
 def _bytes_read(strace_log, model_dir):
@@ -81,8 +83,12 @@ def _bytes_read(strace_log, model_dir):
     with open(strace_log, encoding="utf-8", errors="replace") as log:
         for line in log:
             match = _READ.match(line.strip())
-            if match and match.group(1).startswith(model_dir + os.sep):
-                totals[os.path.relpath(match.group(1), model_dir)] += int(match.group(2))
+            path, size = (match.group(1), match.group(2)) if match else (None, 0)
+            mapped = _MAP.match(line.strip())
+            if mapped:
+                path, size = mapped.group(2), mapped.group(1)
+            if path and path.startswith(model_dir + os.sep):
+                totals[os.path.relpath(path, model_dir)] += int(size)
     return totals
 
 
@@ -90,8 +96,8 @@ def _bytes_read(strace_log, model_dir):
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(shutil.which("strace") is None, reason="counts the kernel's reads with strace")
 def test_a_restarting_chief_reads_each_checkpoint_once_to_verify_it(tmp_path):
-    """Every read syscall of the restarting process (TensorFlow's C++ included) is
-    counted by strace: the checkpoint it resumes from is read twice in all (one
+    """Every read syscall and file mapping of the restarting process (TensorFlow's C++
+    included) is counted by strace: the checkpoint it resumes from is read twice in all (one
     verification, one RestoreV2), and a newer corrupt one once (its failed check
     is remembered, not repeated by every reader that asks)."""
     model_dir = str(tmp_path / "run")
@@ -105,7 +111,7 @@ def test_a_restarting_chief_reads_each_checkpoint_once_to_verify_it(tmp_path):
     trace = str(tmp_path / "strace.log")
     code, log = _train(model_dir, "--train_steps=6", "--save_checkpoints_steps=4",
                        wrap=["strace", "-f", "-qq", "-y", "-s", "0", "-o", trace,
-                             "-e", "trace=read,pread64,readv,preadv"])
+                             "-e", "trace=read,pread64,readv,preadv,mmap"])
     assert code == 0, log[-3000:]
     assert "ckpt-4/model.ckpt-4 (step 4)" in log and log.count("Skipping checkpoint") >= 1
     read = _bytes_read(trace, os.path.realpath(model_dir))

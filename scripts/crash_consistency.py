@@ -689,11 +689,13 @@ def scenario_slow_worker(args, workdir, tf, ckpt, summary):
     every task exits 0, and the pointers name ckpt-N (a worker never writes them)."""
     del args
     model_dir = tempfile.mkdtemp(dir=workdir)
-    steps = 300
+    # Long enough that worker:1 joins: it starts 10 s after the chief (as in
+    # train_and_evaluate), and the chief alone makes 30-60 steps a second here.
+    steps = 1500
     tasks = _tasks(1, 3, evaluator=True)
     run = _Launch(workdir, model_dir, ["--num_ps=1", "--num_workers=3", "--evaluator"],
-                  [f"--train_steps={steps}", "--save_checkpoints_steps=100", "--batch_size=2",
-                   "--log_every_steps=1"])
+                  [f"--train_steps={steps}", "--save_checkpoints_steps=500", "--batch_size=2",
+                   "--log_every_steps=5"])
     # Slowed once it trains: a worker slowed through its start-up never joins.
     problem = _wait_for_worker_step(run, os.path.join(model_dir, "logs", "worker-1.log"))
     slow = run.pid_of("worker:1")

@@ -59,7 +59,10 @@ def _roundtrip(writer, reader, folder):
     written = json.loads(_run(writer, str(_HERE / "checkpoint_roundtrip.py"), "save", str(folder), *_MODELS))
     read = json.loads(_run(reader, str(_HERE / "checkpoint_roundtrip.py"), "restore", str(folder), *_MODELS))
     assert written["tensorflow"] != read["tensorflow"]
-    assert not written["tensorflow_estimator_imported"] and not read["tensorflow_estimator_imported"]
+    # On 2.21 nothing may reach for tensorflow-estimator (it is not there); on 2.15
+    # model_fn's spec types are tf.estimator's own, by design (bwtf.estimator.runner.spec).
+    on_221 = [side for side in (written, read) if side["tensorflow"].startswith("2.21.")]
+    assert len(on_221) == 1 and not on_221[0]["tensorflow_estimator_imported"]
     for spec in _MODELS:
         model = folder / spec.split(":")[0]
         for name in ("logits", "training-logits", "statistics"):  # inference; one training step

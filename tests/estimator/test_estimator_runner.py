@@ -162,21 +162,27 @@ def test_the_runner_learns_the_digits_in_one_process(use_runner, digits_flags, t
     assert "Saving dict for global step 500:" in log
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_ps_cluster_learns_the_digits_through_the_runner(use_runner, digits_flags, tmp_path):
-    """1 ps, the chief and 1 worker, all through the runner; the ps exits 0 when the chief is done."""
+def _one_ps_cluster(flags, tmp_path, chief_timeout):
+    """1 ps, the chief and 1 worker on localhost with ``flags``; {task: (code, log)}, every code 0."""
     ports = free_ports(3)
     hosts = [f"--ps_hosts=localhost:{ports[0]}", f"--worker_hosts=localhost:{ports[1]},localhost:{ports[2]}"]
-    flags = [*digits_flags, f"--model_dir={tmp_path / 'run'}", "--train_steps=500", "--distribution=ps", *hosts]
     names = {"ps": ["--job_name=ps", "--task_index=0"], "worker": ["--job_name=worker", "--task_index=1"],
              "chief": ["--job_name=worker", "--task_index=0"]}
-    tasks = {name: start_train([*flags, *extra], tmp_path / f"{name}.log") for name, extra in names.items()}
-    results = {"chief": finish(tasks.pop("chief"), tmp_path / "chief.log", 500)}
+    tasks = {name: start_train([*flags, *hosts, *extra], tmp_path / f"{name}.log") for name, extra in names.items()}
+    results = {"chief": finish(tasks.pop("chief"), tmp_path / "chief.log", chief_timeout)}
     for name, process in tasks.items():
         results[name] = finish(process, tmp_path / f"{name}.log", 120)
     for name, (code, log) in results.items():
         assert code == 0, f"{name} exited with {code}:\n{log[-3000:]}"
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_ps_cluster_learns_the_digits_through_the_runner(use_runner, digits_flags, tmp_path):
+    """1 ps, the chief and 1 worker, all through the runner; the ps exits 0 when the chief is done."""
+    results = _one_ps_cluster([*digits_flags, f"--model_dir={tmp_path / 'run'}", "--train_steps=500",
+                               "--distribution=ps"], tmp_path, chief_timeout=500)
     chief_log = results["chief"][1]
     assert "cluster role chief:0 (from flags)" in chief_log
     precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
@@ -188,17 +194,8 @@ def test_a_ps_cluster_learns_the_digits_through_the_runner(use_runner, digits_fl
 @pytest.mark.timeout(600)
 def test_sync_replicas_trains_through_the_runner(use_runner, tmp_path):
     """--sync_replicas: the optimizer's hooks come from model_fn; every task exits 0, the ps too."""
-    ports = free_ports(3)
-    hosts = [f"--ps_hosts=localhost:{ports[0]}", f"--worker_hosts=localhost:{ports[1]},localhost:{ports[2]}"]
-    flags = [*_SYNTHETIC, f"--model_dir={tmp_path / 'run'}", "--train_steps=20", "--sync_replicas", *hosts]
-    names = {"ps": ["--job_name=ps", "--task_index=0"], "worker": ["--job_name=worker", "--task_index=1"],
-             "chief": ["--job_name=worker", "--task_index=0"]}
-    tasks = {name: start_train([*flags, *extra], tmp_path / f"{name}.log") for name, extra in names.items()}
-    results = {"chief": finish(tasks.pop("chief"), tmp_path / "chief.log", 400)}
-    for name, process in tasks.items():
-        results[name] = finish(process, tmp_path / f"{name}.log", 120)
-    for name, (code, log) in results.items():
-        assert code == 0, f"{name} exited with {code}:\n{log[-3000:]}"
+    _one_ps_cluster([*_SYNTHETIC, f"--model_dir={tmp_path / 'run'}", "--train_steps=20", "--sync_replicas"],
+                    tmp_path, chief_timeout=400)
     assert "distribution=ps sync" in (tmp_path / "run" / "logs" / "chief.log").read_text()
     assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 20
 

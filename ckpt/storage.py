@@ -194,13 +194,30 @@ def open_below(root, path, flags, mode=0o666):
         raise _as_checkpoint_error(e) from None
 
 
+def _filesystem(url, storage_options):
+    """(fsspec filesystem, root path) for ``url``.
+
+    gs:// gets gcsfs's plain object-store class. Since 2026 gcsfs's default
+    class first asks the Storage Control API for the bucket's layout; where
+    it cannot (no default credentials, an emulator) it logs a warning and
+    asks again on every call, hundreds of lines per checkpoint. The commit
+    protocol for object stores needs nothing but objects.
+    """
+    protocol, _ = fsspec.core.split_protocol(url)
+    if protocol in ("gs", "gcs"):
+        from gcsfs import core as gcsfs_core  # pylint: disable=import-outside-toplevel
+        fs_class = gcsfs_core.GCSFileSystem
+        return fs_class(**storage_options), fs_class._strip_protocol(url)  # pylint: disable=protected-access
+    return fsspec.core.url_to_fs(url, **storage_options)
+
+
 class Storage:
     """One model_dir's filesystem and root path."""
 
     def __init__(self, url, **storage_options):
         self.url = str(url).rstrip("/") or "/"
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+            self.fs, self.root = _filesystem(self.url, storage_options)
         except (ValueError, ImportError) as e:
             raise errors.CheckpointError(
                 f"Cannot open model_dir {self.url!r}: {e}. Expected a local path, "

@@ -253,8 +253,13 @@ def scenario_kills(args, workdir, tf, ckpt, summary):
 
 
 def _start_writer(model_dir, saves, *extra):
-    return subprocess.Popen(_writer_cmd(model_dir, saves, *extra), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A --writer process; stdout is a pipe (read as it saves), stderr an
+    unnamed file, so that a chatty writer never stalls on a pipe nobody reads."""
+    err = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(_writer_cmd(model_dir, saves, *extra), env=_env(),
+                            stdout=subprocess.PIPE, stderr=err, text=True)
+    proc.error_file = err
+    return proc
 
 
 def _wait_saved(proc, count):
@@ -269,8 +274,41 @@ def _wait_saved(proc, count):
     return saved
 
 
+def _start_reader(model_dir, saves):
+    """A --reader process whose output goes to unnamed files, not pipes: a
+    pipe nobody reads while the writer runs fills up and stalls the reader,
+    and a reader stalled mid-download stalls the single-threaded GCS emulator
+    for the writer too."""
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--reader", model_dir,
+                             f"--saves={saves}"], env=_env(), stdout=out, stderr=err, text=True)
+    proc.output_files = (out, err)
+    return proc
+
+
+def _finish_reader(proc, timeout=300):
+    """(returncode, stdout, stderr) of a _start_reader process; returncode is
+    None when it did not end within ``timeout`` seconds (it is then killed)."""
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        returncode = None
+    texts = []
+    for stream in proc.output_files:
+        stream.seek(0)
+        texts.append(stream.read())
+        stream.close()
+    return returncode, *texts
+
+
 def _finish(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
+    """(returncode, saved steps, stderr) of a _start_writer process."""
+    out, _ = proc.communicate(timeout=timeout)
+    proc.error_file.seek(0)
+    err = proc.error_file.read()
+    proc.error_file.close()
     saved = [int(line.split()[1]) for line in out.splitlines() if line.startswith("saved")]
     return proc.returncode, saved, err
 
@@ -359,19 +397,15 @@ def scenario_reader_deletes(args, workdir, tf, ckpt, summary):
     model_dir = tempfile.mkdtemp(dir=workdir)
     saves = 40
     writer = _start_writer(model_dir, saves, "--keep_last=1")
-    reader = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--reader", model_dir,
-                               f"--saves={saves}"], env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    reader = _start_reader(model_dir, saves)
     writer_rc, _, writer_err = _finish(writer)
-    try:
-        reader_out, reader_err = reader.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        reader.kill()
+    reader_rc, reader_out, reader_err = _finish_reader(reader)
+    if reader_rc is None:
         return "the reader did not reach the last checkpoint within 300 s"
     if writer_rc != 0:
         return f"the writer exited {writer_rc}: {writer_err[-2000:]}"
-    if reader.returncode != 0:
-        return f"the reader failed ({reader.returncode}): {reader_err[-3000:]}"
+    if reader_rc != 0:
+        return f"the reader failed ({reader_rc}): {reader_err[-3000:]}"
     restores = [l for l in reader_out.splitlines() if l.startswith("restored")]
     summary["trials"] += 1
     summary.setdefault("reader_restores", []).append(len(restores))
@@ -796,21 +830,16 @@ def scenario_gcs_writer_reader(args, workdir, tf, ckpt, summary):
     try:
         model_dir = f"gs://{_BUCKET}/run-{uuid.uuid4().hex[:8]}"
         saves = 8
-        reader = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--reader", model_dir,
-                                   f"--saves={saves}"], env=_env(), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        reader = _start_reader(model_dir, saves)
         writer = _start_writer(model_dir, saves, "--keep_last=1", "--pause=0.3")
         writer_rc, _, writer_err = _finish(writer)
-        try:
-            reader_out, reader_err = reader.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            reader.kill()
-            reader.communicate()
+        reader_rc, reader_out, reader_err = _finish_reader(reader)
+        if reader_rc is None:
             return f"the gs:// reader never saw step {saves} within 300 s of the writer's end"
         if writer_rc != 0:
             return f"the gs:// writer exited {writer_rc}: {writer_err[-2000:]}"
-        if reader.returncode != 0:
-            return f"the gs:// reader failed ({reader.returncode}): {reader_err[-3000:]}"
+        if reader_rc != 0:
+            return f"the gs:// reader failed ({reader_rc}): {reader_err[-3000:]}"
         restored = [int(l.split()[1]) for l in reader_out.splitlines() if l.startswith("restored")]
         if restored != sorted(restored) or len(set(restored)) < 2:
             return f"the gs:// reader did not follow the writer: it restored {restored}"

@@ -4,6 +4,7 @@ Object stores cannot rename atomically, so the files go in place and the
 COMMITTED marker is written last; a directory without it is never trusted.
 The saver writes through a local staging directory and restores by download.
 """
+import logging
 import os
 import shutil
 import socket
@@ -130,6 +131,28 @@ def _fake(model_dir, step, ownership=None):
     except BaseException:
         pending.abort()
         raise
+
+
+@pytest.mark.timeout(180)
+def test_gcs_save_and_restore_log_no_warnings(gcs_emulator, caplog):
+    """Without Google credentials (here, as for any emulator user) gcsfs's
+    default class warns on every call that it cannot read the bucket's
+    layout: hundreds of lines per checkpoint. bwtf's saves stay quiet."""
+    model_dir = f"{gcs_emulator}/quiet-{os.getpid()}-{time.time_ns()}"
+    caplog.set_level(logging.WARNING)
+    with tf.Graph().as_default():
+        step, _ = _graph()
+        saver = ckpt.GatheredSaver(model_dir, ckpt.CheckpointPolicy(keep_last=1))
+        saver.build()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for _ in range(2):
+                sess.run(tf.compat.v1.assign_add(step, 1))
+                saver.save(sess, None, global_step=step)
+            saver.restore(sess, ckpt.latest_intact_checkpoint(model_dir).path)
+    assert ckpt.latest_intact_checkpoint(model_dir).step == 2
+    noisy = [f"{r.name}: {r.getMessage()[:200]}" for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not noisy, noisy
 
 
 @pytest.mark.timeout(180)

@@ -53,6 +53,8 @@ import pathlib
 import stat
 import uuid
 
+from bwtf import _tf_notices
+
 SUPPORTED = ("2.15", "2.21")
 _INSTALL_HINT = (
     "Install bwtf with one TensorFlow extra, in a fresh virtual environment: "
@@ -161,6 +163,7 @@ def require_supported_tensorflow():
 
 # "2.15" (tf.estimator) or "2.21" (no tf.estimator: bwtf's own runner); None for a source build.
 TENSORFLOW_LINE = require_supported_tensorflow()
+_tf_notices.install(TENSORFLOW_LINE)
 
 __version__ = "0.1.0"
 

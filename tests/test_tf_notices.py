@@ -1,0 +1,93 @@
+"""TensorFlow 2.21's C++ start-up notices and TF_CPP_MIN_LOG_LEVEL (bwtf/_tf_notices.py).
+
+The filter is checked on the lines TensorFlow 2.21 really prints (a 2.21
+interpreter from the ``tf221_python`` fixture) and, line by line, on what it
+must keep: Python warnings, errors, tracebacks, output of a failed import.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bwtf import _tf_notices
+
+_BANNER = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+_ONEDNN = (b"I0000 00:00:1796153953.005751   20796 port.cc:153] oneDNN custom operations are on. "
+           b"You may see slightly different numerical results.\n")
+_CPU = (b"I1201 19:39:12.969559   20792 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
+        b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.\n")
+_WARNING = b"W1201 19:39:12.969559   20792 gpu_device.cc:2342] Cannot dlopen some GPU libraries.\n"
+_ERROR = b"E1201 19:39:12.969559   20792 cuda_blas.cc:1407] Unable to register cuBLAS factory.\n"
+_PYTHON = b"/x/google/api_core/_python_version_support.py:273: FutureWarning: upgrade Python\n  warnings.warn(message)\n"
+_TRACEBACK = b"Traceback (most recent call last):\n  File \"<string>\", line 1\nImportError: libcudart.so.12\n"
+
+
+@pytest.mark.parametrize("level, kept", [
+    (0, _BANNER + _ONEDNN + _CPU + _WARNING + _ERROR + _PYTHON + _TRACEBACK),
+    (1, _WARNING + _ERROR + _PYTHON + _TRACEBACK),
+    (2, _ERROR + _PYTHON + _TRACEBACK),
+    (3, _PYTHON + _TRACEBACK),
+])
+def test_each_level_drops_the_lower_severities_and_keeps_everything_else(level, kept):
+    text = _BANNER + _ONEDNN + _CPU + _WARNING + _ERROR + _PYTHON + _TRACEBACK
+    assert _tf_notices.filtered(text, level) == kept
+
+
+def test_a_line_like_the_continuation_is_kept_after_a_kept_line():
+    text = _ERROR + b"To enable the following instructions: is part of this error\n"
+    assert _tf_notices.filtered(text, 1) == text
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("9", 3), ("-2", 0), ("", 0), ("x", 0)])
+def test_tf_cpp_min_log_level_is_read_as_tensorflow_reads_it(value, expected):
+    assert _tf_notices._min_level({"TF_CPP_MIN_LOG_LEVEL": value}) == expected  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("line, environ", [
+    ("2.15", {"TF_CPP_MIN_LOG_LEVEL": "2"}),  # 2.15 honours the variable itself
+    ("2.21", {}),
+    ("2.21", {"TF_CPP_MIN_LOG_LEVEL": "0"}),
+    (None, {"TF_CPP_MIN_LOG_LEVEL": "1"}),
+])
+def test_nothing_is_filtered_unless_asked_on_2_21(line, environ):
+    assert not _tf_notices.install(line, environ)
+
+
+def test_a_failed_block_keeps_its_errors_in_order_and_drops_only_the_notices():
+    """Through fd 2 (as the C++ code writes) and sys.stderr (as Python writes), with an exception."""
+    script = (
+        "import os, sys\n"
+        "from bwtf import _tf_notices\n"
+        "try:\n"
+        "    with _tf_notices._stderr_filtered(1):\n"
+        f"        os.write(2, {_BANNER + _ONEDNN!r})\n"
+        "        sys.stderr.write('python says first\\n')\n"
+        f"        os.write(2, {_ERROR!r})\n"
+        "        raise ImportError('libcudart.so.12')\n"
+        "except ImportError as e:\n"
+        "    print('caught', e, file=sys.stderr)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == b"python says first\n" + _ERROR + b"caught libcudart.so.12\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("level", ["0", "1"])
+def test_tensorflow_2_21_start_up_notices_follow_tf_cpp_min_log_level(tf221_python, level):
+    """The real import under 2.21: the notices are there at 0 (so the filter
+    sees the real format) and gone at 1, with the module and its loader intact."""
+    script = ("import bwtf, tensorflow as tf\n"
+              "print(tf.__version__, type(tf.__loader__).__name__, tf.constant(2).numpy())\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level, CUDA_VISIBLE_DEVICES="")
+    run = subprocess.run([tf221_python, "-c", script], capture_output=True, text=True, env=env,
+                         timeout=240, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    version, loader, value = run.stdout.split()
+    assert version.startswith("2.21.") and loader == "SourceFileLoader" and value == "2"
+    notices = [line for line in run.stderr.splitlines() if "InitializeLog" in line or "oneDNN" in line]
+    if level == "0":
+        assert len(notices) >= 2, run.stderr[-2000:]
+    else:
+        assert notices == [], run.stderr[-2000:]

@@ -39,8 +39,11 @@ from bwtf.estimator.cluster import tf_config
 _POLL_SECS = 0.2
 # A worker still running this long after the chief and every ps have ended
 # waits for a ps that will not come back (e.g. its session was being rebuilt
-# after a ps restart): it can never finish, so it is stopped.
-_ORPHANED_WORKER_GRACE_SECS = 30.0
+# after a ps restart): it can never finish, so it is stopped. Closing a
+# finished worker's session took up to 37 s in tests (TensorFlow's gRPC close),
+# and the worker's own chief watchdog ends a stuck one after 60 s, saying why
+# (ps_lifecycle.start_worker_watchdog): this is the backstop after both.
+_ORPHANED_WORKER_GRACE_SECS = 75.0
 # A collective worker whose chief failed or died retries its all-reduce with
 # the chief forever, deaf to SIGTERM (it never returns to Python); only the chief saves,
 # so killing it loses nothing. Its own watchdog (train.py) usually ends it first.

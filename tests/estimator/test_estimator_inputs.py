@@ -71,6 +71,19 @@ def test_digits_train_and_eval_batches(digits_data_dir, digits_dataset_name):
     assert seen == metadata.split_sizes["validation"], "evaluation must read the whole split exactly once"
 
 
+@pytest.mark.parametrize("mode", [_TRAIN, _EVAL])
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_pipelines_run_without_the_autotune_thread(digits_data_dir, digits_dataset_name, mode, synthetic):
+    """A cluster's session close waits out the autotuner's sleep (up to 60 s) when it destroys the
+    iterator: every chief and worker ended 10-57 s late, and a walltime kill could land there."""
+    if synthetic:
+        dataset = inputs.synthetic_input_fn(config.DatasetConfig(image_size=32, num_classes=10), mode, 4)
+    else:
+        dataset = inputs.input_fn(_digits_config(digits_data_dir, digits_dataset_name), mode, 4)
+    assert dataset.options().autotune.enabled is False
+    assert next(iter(dataset))[0].shape == (4, 32, 32, 3)
+
+
 def test_each_worker_reads_its_own_share(digits_data_dir, digits_dataset_name):
     data = _digits_config(digits_data_dir, digits_dataset_name)
     shares = []

@@ -40,8 +40,9 @@ _POLL_SECS = 0.2
 # A worker still running this long after the chief and every ps have ended
 # waits for a ps that will not come back (e.g. its session was being rebuilt
 # after a ps restart): it can never finish, so it is stopped. Closing a
-# finished worker's session took up to 37 s in tests (TensorFlow's gRPC close),
-# and the worker's own chief watchdog ends a stuck one after 60 s, saying why
+# finished worker's session can take up to 60 s where an input pipeline keeps
+# tf.data's autotuner (bwtf's own do not: see bwtf.estimator.inputs), and the
+# worker's own chief watchdog ends a stuck one after 60 s, saying why
 # (ps_lifecycle.start_worker_watchdog): this is the backstop after both.
 _ORPHANED_WORKER_GRACE_SECS = 75.0
 # A collective worker whose chief failed or died retries its all-reduce with

@@ -35,6 +35,11 @@ The files stay TF's V2 format, so stock readers, Estimator restore and warm
 start work, and a checkpoint written with N ps restores onto M ps or into a
 single process (slices are re-cut by name).
 
+On object stores each group's data file is streamed instead of sealed:
+uploaded to its final object as soon as it is written and emptied locally
+(commit.PendingCheckpoint.stream), in the group's own thread, so local
+staging never holds more than the groups in flight and the index.
+
 Saves into model_dir go through the commit protocol (commit.py); saves
 elsewhere (a SavedModel's ``variables/variables``) are written in place.
 Left out: TF2 object-based checkpoints and meta-graph files next to each

@@ -2,7 +2,9 @@
 
 Object stores cannot rename atomically, so the files go in place and the
 COMMITTED marker is written last; a directory without it is never trusted.
-The saver writes through a local staging directory and restores by download.
+The saver uploads each group's data file as soon as it is written, so its
+local staging holds only the groups in flight (tested on a real 8 MiB
+tmpfs), and restores by download.
 """
 import logging
 import os

@@ -333,6 +333,8 @@ def test_gcs_checkpoint_four_times_the_staging_tmpfs_saves_and_restores_exactly(
     assert data == [f"model.ckpt-1.data-{i:05d}-of-{count:05d}" for i in range(count)]
     total = sum(meta["size"] for meta in manifest["files"].values())
     assert total >= 4 * 8 * _MIB
+    print(f"staging peak {(usage.peak - before) / _MIB:.2f} MiB of a {total / _MIB:.2f} MiB checkpoint "
+          f"({count} groups)")
     # The manifest's sizes and checksums are those of the objects in the bucket,
     # as a reader verifies them (no cached verification from the writer).
     algorithm = commit.checksum_of(manifest)

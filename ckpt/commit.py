@@ -356,6 +356,7 @@ def local_scratch(root, expected_bytes, prefix, what="a checkpoint of this model
     root = root or tempfile.gettempdir()
     try:
         os.makedirs(root, exist_ok=True)
+        _remove_dead_scratch(root)
         free = shutil.disk_usage(root).free
     except OSError as e:
         raise errors.CheckpointError(f"cannot use staging directory {root} ({e})") from e
@@ -364,7 +365,31 @@ def local_scratch(root, expected_bytes, prefix, what="a checkpoint of this model
             f"staging directory {root} has {free / 2**20:.0f} MiB free; {what} needs "
             f"{expected_bytes / 2**20:.1f} MiB there. Point CheckpointPolicy.staging_dir "
             f"(bwtf-train --ckpt_staging_dir) at a local disk with room{hint}")
-    return tempfile.mkdtemp(prefix=prefix, dir=root)
+    scratch = tempfile.mkdtemp(prefix=prefix, dir=root)
+    _write_json_file(os.path.join(scratch, WRITER), _identity.current())
+    return scratch
+
+
+_SCRATCH_RE = re.compile(r"^bwtf-ckpt-(restore-|\d+-)[A-Za-z0-9_]+$")
+
+
+def _remove_dead_scratch(root):
+    """Removes the scratch directories under ``root`` whose writer is dead (a
+    killed save or restore leaves up to its bound there; a requeued job on the
+    same node would otherwise pile them up). Directories without a readable
+    writer record (one being created, not ours) are left alone."""
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not _SCRATCH_RE.match(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, WRITER), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not _identity.is_alive(record):
+            log.info("Removing %s: scratch space of a dead checkpoint writer.", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _trust_own_commit(store, directory):

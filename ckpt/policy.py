@@ -43,6 +43,7 @@ class CheckpointPolicy:
         data file is uploaded once written and emptied) plus the index; a
         restore downloads the whole checkpoint there. A save or restore that
         would not fit fails before writing anything, in one line naming it.
+        What a killed writer left there is removed by the next save or restore.
     """
 
     save_steps: Optional[int] = None

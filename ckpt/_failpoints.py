@@ -16,6 +16,7 @@ ENV_VAR = "BWTF_CKPT_FAILPOINT"
 # The stages, in the order a save reaches them.
 STAGES = (
     "snapshot_taken",     # every variable copied into its snapshot buffer
+    "group_uploaded",     # object stores: one group's data file uploaded (per group)
     "group_written",      # after one group's shard (repeated per group)
     "merged",             # after MergeV2Checkpoints, before fsync
     "synced",             # files and directory fsynced, no manifest yet

@@ -12,10 +12,19 @@ Writing (PendingCheckpoint, only on the chief):
   4. the directory is renamed to ``ckpt-<N>``: rename is atomic on POSIX and
      Lustre, so ``ckpt-<N>`` either does not exist or is complete;
   5. LATEST and TF's ``checkpoint`` state file are replaced atomically.
-On object stores (gs://, memory://) rename is not atomic: TF writes into a
-local staging directory, the files are uploaded in place into ``ckpt-<N>/``,
-the manifest after them and the COMMITTED marker last. There a directory
-without the marker is uncommitted, whatever else it holds.
+On object stores (gs://, memory://) rename is not atomic, and the
+checkpoint goes to its final objects in ``ckpt-<N>/`` as it is written: each
+data file the writer seals (one per group the saver gathers) is checksummed,
+uploaded to its final name and emptied locally (``stream``), so the local
+staging directory only ever holds the groups in flight, the index and the
+manifest, never the whole checkpoint. Before the first upload an existing
+``ckpt-<N>`` is judged (an intact one is kept and this save dropped; a broken
+one removed, after a fencing check), and the writer's ownership is checked
+before every upload. Once the groups are merged the index goes up, then the
+manifest, then the COMMITTED marker (naming the manifest's digest and the
+writer) last: a directory without the marker is uncommitted, whatever else
+it holds. An aborted save removes the objects it uploaded (unless it was
+fenced: then it deletes nothing, and they stay unmarked, never trusted).
 
 Reading: a checkpoint is intact when its manifest (and marker) is present,
 well formed, ours, for the right step, and every listed file has the listed
@@ -115,7 +124,9 @@ class PendingCheckpoint:
 
     ``prefix`` is a local path prefix for TF to write to. Only ``finalize``
     makes the checkpoint visible to readers; ``abort`` (or a crash) leaves
-    nothing a reader would trust.
+    nothing a reader would trust. ``expected_bytes``: the most bytes the
+    local staging directory of an object-store checkpoint holds at once (the
+    saver passes its groups in flight plus the index); checked up front.
     """
 
     def __init__(self, model_dir, step, ownership=None, staging_root=None, expected_bytes=0):
@@ -129,12 +140,21 @@ class PendingCheckpoint:
         if self.store.is_local:
             self.staging_dir = self.store.path(f".tmp-ckpt-{self.step}-{self._token}")
         else:
-            self.staging_dir = local_scratch(staging_root, expected_bytes, f"bwtf-ckpt-{self.step}-")
+            self.staging_dir = local_scratch(
+                staging_root, expected_bytes, f"bwtf-ckpt-{self.step}-",
+                what="a save to the object store (its groups in flight and the index)",
+                hint=", or lower CheckpointPolicy.max_group_bytes")
         os.makedirs(self.staging_dir, exist_ok=True)
         _write_json_file(os.path.join(self.staging_dir, WRITER), _identity.current())
         self.checksum = storage_lib.default_checksum()
         self._sealed = {}
         self._pool = futures.ThreadPoolExecutor(_SEAL_THREADS, thread_name_prefix="bwtf-seal")
+        # Object stores: (dev, inode) -> (final name, size, checksum) of each
+        # file streamed to the bucket, and every object name an upload began.
+        self._streamed = {}
+        self._uploaded = []
+        self._lock = threading.Lock()
+        self._keep_existing = None  # decided before the first upload
 
     @property
     def prefix(self):
@@ -155,9 +175,67 @@ class PendingCheckpoint:
         self._sealed[(st.st_dev, st.st_ino)] = (
             st.st_size, self._pool.submit(storage_lib.checksum_and_fsync, fd, self.checksum))
 
+    def stream(self, path, name):
+        """Object stores: uploads the finished local file ``path`` now, as
+        ``ckpt-<N>/<name>`` (the name it has in the committed checkpoint), and
+        empties the local file. The file keeps its inode, so a later rename
+        inside the staging dir (MergeV2Checkpoints renames data files; it
+        never reads them) is found again at finalize, which then lists the
+        recorded size and checksum, and checks that the name matches. Local
+        stores: ``seal``. Thread-safe: the saver streams two groups at once.
+        """
+        if self.store.atomic_rename:
+            self.seal(path)
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            value = storage_lib.fd_checksum(fd, self.checksum)
+        finally:
+            os.close(fd)
+        if self._prepare_final():
+            target = f"{self.final_dir}/{name}"
+            self.ownership.check(f"upload to ckpt-{self.step}")
+            with self._lock:
+                self._uploaded.append(target)
+            self.store.upload(path, target)
+            _failpoints.reach("group_uploaded")
+        os.truncate(path, 0)
+        with self._lock:
+            self._streamed[(st.st_dev, st.st_ino)] = (name, st.st_size, value)
+
+    def _prepare_final(self):
+        """Object stores, once before the first upload: False if an intact
+        ckpt-<N> is already there (kept; nothing of this save is uploaded and
+        finalize drops it), True once the place is clear."""
+        with self._lock:
+            if self._keep_existing is None:
+                self._keep_existing = not self._clear_broken_final()
+            return not self._keep_existing
+
     def abort(self):
         self._pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self._remove_uploaded()
+
+    def _remove_uploaded(self):
+        """Removes the objects this save uploaded, unless it was fenced (then
+        a newer owner may have written them: nothing is deleted, and without
+        a marker they are never trusted). Never raises: abort runs while
+        another error is on its way out."""
+        with self._lock:
+            uploaded, self._uploaded = list(self._uploaded), []
+        if not uploaded:
+            return
+        try:
+            self.ownership.check(f"cleanup of the uncommitted ckpt-{self.step}")
+            for target in uploaded:
+                self.store.remove_tree(target)
+        except (OSError, errors.CheckpointError) as e:
+            log.warning("Left %d uploaded object(s) of the uncommitted %s (%s); without its "
+                        "%s marker no reader trusts them, and the next save of step %d or "
+                        "retention removes them.", len(uploaded),
+                        self.store.display(self.final_dir), e, MARKER, self.step)
 
     def finalize(self, variables, extra=None):
         """Commits the staged files; returns the CheckpointRef now visible.
@@ -165,7 +243,10 @@ class PendingCheckpoint:
         ``variables`` maps each checkpoint key to {"shape": [...], "dtype": str};
         ``extra`` (a dict of strings) goes into the manifest as it is.
         """
-        files = _sync_and_describe(self.staging_dir, self._sealed, self.checksum)
+        if self.store.atomic_rename:
+            files = _sync_and_describe(self.staging_dir, self._sealed, self.checksum)
+        else:
+            files = self._describe_streamed()
         self._pool.shutdown(wait=True)
         _failpoints.reach("synced")
         manifest = {
@@ -180,7 +261,9 @@ class PendingCheckpoint:
         _write_manifest(manifest_path, manifest)
         _failpoints.reach("manifest_written")
         self.ownership.check(f"commit of ckpt-{self.step}")
-        if not self._clear_broken_final():
+        keep = not self._clear_broken_final() if self.store.atomic_rename \
+            else not self._prepare_final()
+        if keep:
             self.abort()
             return _ref(self.store, self.step)
         if self.store.atomic_rename:
@@ -197,6 +280,7 @@ class PendingCheckpoint:
         """False if an intact ckpt-<N> is already there: it is kept (nothing
         replaces a committed checkpoint that verifies) and this save dropped.
         A broken one is moved aside first, so no reader ever sees a mix."""
+        self.store.refresh()
         if not self.store.exists(self.final_dir):
             return True
         status = check(self.store, self.final_dir, full=True)
@@ -212,37 +296,100 @@ class PendingCheckpoint:
             self.store.rename(self.final_dir, aside)
             self.store.remove_tree(aside)
         else:
+            self.ownership.check(f"removal of the broken ckpt-{self.step}")
             self.store.remove_tree(self.final_dir)
         return True
 
+    def _describe_streamed(self):
+        """Object stores: name -> size, checksum of every checkpoint file, the
+        streamed ones from their record (their local copy is empty), the
+        others (the index) checksummed here. CheckpointError if a streamed
+        file is not where the merged checkpoint names it."""
+        files, found = {}, set()
+        for name in sorted(os.listdir(self.staging_dir)):
+            path = os.path.join(self.staging_dir, name)
+            if name == WRITER or not os.path.isfile(path):
+                continue
+            st = os.stat(path)
+            record = self._streamed.get((st.st_dev, st.st_ino))
+            if record is None:
+                files[name] = {"size": st.st_size,
+                               self.checksum: storage_lib.local_checksum(path, self.checksum)}
+                continue
+            if record[0] != name:
+                raise errors.CheckpointError(
+                    f"a data file uploaded as {record[0]} was merged as {name}; the "
+                    f"checkpoint of step {self.step} is dropped (TensorFlow's shard naming changed?)")
+            files[name] = {"size": record[1], self.checksum: record[2]}
+            found.add((st.st_dev, st.st_ino))
+        lost = sorted(r[0] for k, r in self._streamed.items() if k not in found)
+        if lost:
+            raise errors.CheckpointError(
+                f"uploaded data file(s) {', '.join(lost)} are missing from the merged "
+                f"checkpoint of step {self.step}; it is dropped")
+        return files
+
     def _upload_then_mark(self, files, manifest_path):
-        for name in sorted(files) + [MANIFEST]:
-            self.store.upload(os.path.join(self.staging_dir, name), f"{self.final_dir}/{name}")
+        streamed = {record[0] for record in self._streamed.values()}
+        for name in sorted(set(files) - streamed) + [MANIFEST]:
+            target = f"{self.final_dir}/{name}"
+            with self._lock:
+                self._uploaded.append(target)
+            self.store.upload(os.path.join(self.staging_dir, name), target)
         with open(manifest_path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
+        # From here on nothing uploaded is removed by abort: should the marker
+        # land although its PUT reports a failure, the checkpoint stays whole.
+        with self._lock:
+            self._uploaded = []
         marker = {"step": self.step, "manifest_sha256": digest, "writer": _identity.current(),
                   "generation": self.ownership.generation}
         self.store.write_atomic(f"{self.final_dir}/{MARKER}", json.dumps(marker).encode())
         shutil.rmtree(self.staging_dir, ignore_errors=True)
 
 
-def local_scratch(root, expected_bytes, prefix):
+def local_scratch(root, expected_bytes, prefix, what="a checkpoint of this model", hint=""):
     """A new local directory under ``root`` (None: the temporary directory)
-    for staging an object-store checkpoint; CheckpointError if it would not
-    hold ``expected_bytes``."""
+    for an object-store checkpoint's local files; CheckpointError (one line:
+    ``what`` needs so much there, ``hint`` appended) if it would not hold
+    ``expected_bytes``."""
     root = root or tempfile.gettempdir()
     try:
         os.makedirs(root, exist_ok=True)
+        _remove_dead_scratch(root)
         free = shutil.disk_usage(root).free
     except OSError as e:
         raise errors.CheckpointError(f"cannot use staging directory {root} ({e})") from e
     if expected_bytes and free < expected_bytes * 1.05:
         raise errors.CheckpointError(
-            f"staging directory {root} has {free / 2**20:.0f} MiB free; a checkpoint of this "
-            f"model needs {expected_bytes / 2**20:.0f} MiB there before it goes to the object "
-            "store. Point CheckpointPolicy.staging_dir (bwtf-train --ckpt_staging_dir) at a "
-            "local disk with room")
-    return tempfile.mkdtemp(prefix=prefix, dir=root)
+            f"staging directory {root} has {free / 2**20:.0f} MiB free; {what} needs "
+            f"{expected_bytes / 2**20:.1f} MiB there. Point CheckpointPolicy.staging_dir "
+            f"(bwtf-train --ckpt_staging_dir) at a local disk with room{hint}")
+    scratch = tempfile.mkdtemp(prefix=prefix, dir=root)
+    _write_json_file(os.path.join(scratch, WRITER), _identity.current())
+    return scratch
+
+
+_SCRATCH_RE = re.compile(r"^bwtf-ckpt-(restore-|\d+-)[A-Za-z0-9_]+$")
+
+
+def _remove_dead_scratch(root):
+    """Removes the scratch directories under ``root`` whose writer is dead (a
+    killed save or restore leaves up to its bound there; a requeued job on the
+    same node would otherwise pile them up). Directories without a readable
+    writer record (one being created, not ours) are left alone."""
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not _SCRATCH_RE.match(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, WRITER), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not _identity.is_alive(record):
+            log.info("Removing %s: scratch space of a dead checkpoint writer.", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _trust_own_commit(store, directory):

@@ -37,10 +37,13 @@ class CheckpointPolicy:
       stop_signals: signals that trigger a final save and a clean stop.
       manifest_extra: (key, value) string pairs written under "extra" in each
         manifest, e.g. the digest of the run record that describes the model.
-      staging_dir: local directory where an object-store (gs://) checkpoint is
-        staged before its upload and downloaded for a restore (None: the
-        system's temporary directory). It must hold one checkpoint; a save
-        or restore that would not fit fails before writing, naming it.
+      staging_dir: local directory (None: the system's temporary directory)
+        for an object-store (gs://) checkpoint's local files. A save holds
+        only its groups in flight there (about max_group_bytes; each group's
+        data file is uploaded once written and emptied) plus the index; a
+        restore downloads the whole checkpoint there. A save or restore that
+        would not fit fails before writing anything, in one line naming it.
+        What a killed writer left there is removed by the next save or restore.
     """
 
     save_steps: Optional[int] = None

@@ -35,6 +35,11 @@ The files stay TF's V2 format, so stock readers, Estimator restore and warm
 start work, and a checkpoint written with N ps restores onto M ps or into a
 single process (slices are re-cut by name).
 
+On object stores each group's data file is streamed instead of sealed:
+uploaded to its final object as soon as it is written and emptied locally
+(commit.PendingCheckpoint.stream), in the group's own thread, so local
+staging never holds more than the groups in flight and the index.
+
 Saves into model_dir go through the commit protocol (commit.py); saves
 elsewhere (a SavedModel's ``variables/variables``) are written in place.
 Left out: TF2 object-based checkpoints and meta-graph files next to each
@@ -213,12 +218,11 @@ class GatheredSaver:
         for saveable, tensors in pairs:
             for spec, tensor in zip(saveable.specs, tensors):
                 self._expected[spec.name] = _full_shape(spec, tensor)
-        self._total_bytes = sum((t.shape.num_elements() or 0) * max(t.dtype.size, 1)
-                                for _, tensors in pairs for t in tensors)
         snapshot_pairs = self._build_snapshot(pairs) if self._snapshots else pairs
         group_bytes = max(1, self._policy.max_group_bytes // _IN_FLIGHT)
-        self._group_saves = [self._save_op(self._shard_prefix, group)
-                             for group in _group(snapshot_pairs, group_bytes)]
+        save_groups = _group(snapshot_pairs, group_bytes)
+        self._group_saves = [self._save_op(self._shard_prefix, group) for group in save_groups]
+        self._staging_bytes = _staging_bound(save_groups, len(self._expected))
         self._group_restores = [self._restore_op(group) for group in _group(pairs, group_bytes)]
         self._merge = tf.raw_ops.MergeV2Checkpoints(
             checkpoint_prefixes=self._shard_list, destination_prefix=self._filename,
@@ -326,23 +330,33 @@ class GatheredSaver:
     def write_groups(self, sess, prefix, seal=None):
         """Gathers group by group into shards, then merges them at ``prefix``.
 
-        ``seal(path)``, if given, is called with each data file once written.
+        ``seal(path, name)``, if given, is called with each data file once
+        written (in the writing thread, so a slow seal holds its group in
+        flight) and the name the merge gives it: each group's SaveV2 writes
+        exactly one data file, and MergeV2Checkpoints numbers the shards in
+        the order of the prefixes it is given, renaming group i's file to
+        ``<prefix>.data-<i>-of-<count>`` without reading it.
         """
         self.build()
         count = len(self._group_saves)
         shards = [f"{prefix}_temp/part-{i:05d}-of-{count:05d}" for i in range(count)]
         if count == 1:
             shards = [prefix]  # nothing to merge: write the final files directly
+        base = os.path.basename(prefix)
 
-        def write_one(op_and_shard):
-            sess.run(op_and_shard[0], {self._shard_prefix: op_and_shard[1]})
+        def write_one(index):
+            sess.run(self._group_saves[index], {self._shard_prefix: shards[index]})
             if seal is not None:
-                for path in tf.io.gfile.glob(f"{op_and_shard[1]}.data-*"):
-                    seal(path)
+                paths = tf.io.gfile.glob(f"{shards[index]}.data-*")
+                if len(paths) != 1:
+                    raise errors.CheckpointError(
+                        f"group {index} of the checkpoint at {prefix} wrote {len(paths)} data "
+                        "files; expected one (TensorFlow's SaveV2 changed?)")
+                seal(paths[0], f"{base}.data-{index:05d}-of-{count:05d}")
             _failpoints.reach("group_written")
 
         with futures.ThreadPoolExecutor(_IN_FLIGHT) as pool:
-            list(pool.map(write_one, zip(self._group_saves, shards)))
+            list(pool.map(write_one, range(count)))
         if count > 1:
             sess.run(self._merge, {self._shard_list: shards, self._filename: prefix})
         _failpoints.reach("merged")
@@ -413,9 +427,9 @@ class GatheredSaver:
             self._ownership = fence.acquire(self._store)
         pending = commit.PendingCheckpoint(self._store, step, ownership=self._ownership,
                                            staging_root=self._policy.staging_dir,
-                                           expected_bytes=self._total_bytes)
+                                           expected_bytes=self._staging_bytes)
         try:
-            self.write_groups(sess, pending.prefix, pending.seal)
+            self.write_groups(sess, pending.prefix, pending.stream)
             ref = pending.finalize(_describe_variables(pending.prefix), dict(self._policy.manifest_extra))
         except BaseException:
             pending.abort()
@@ -588,6 +602,20 @@ class GatheredSaver:
             strip_default_attrs=strip_default_attrs, save_debug_info=save_debug_info)
 
 
+def _group_bytes(group):
+    return sum((t.shape.num_elements() or 0) * max(t.dtype.size, 1)
+               for _, tensors in group for t in tensors)
+
+
+def _staging_bound(groups, num_tensors):
+    """The most bytes an object-store save holds locally at once: the
+    ``_IN_FLIGHT`` largest groups' data files (each is emptied once uploaded,
+    before its thread takes the next group) plus the index (a few hundred
+    bytes per tensor) and the manifest."""
+    largest = sorted((_group_bytes(g) for g in groups), reverse=True)[:_IN_FLIGHT]
+    return sum(largest) + 512 * num_tensors + 64 * 1024
+
+
 def _describe_variables(prefix):
     reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     dtypes = reader.get_variable_to_dtype_map()
@@ -623,7 +651,8 @@ def _download(store, directory, staging_root=None):
     """Downloads an object-store checkpoint once: (local prefix, local dir, manifest)."""
     manifest = commit.read_manifest(store, directory)
     size = sum(meta["size"] for meta in manifest["files"].values())
-    local_dir = commit.local_scratch(staging_root, size, "bwtf-ckpt-restore-")
+    local_dir = commit.local_scratch(staging_root, size, "bwtf-ckpt-restore-",
+                                     what="restoring this checkpoint (downloaded whole)")
     try:
         for file_name in manifest["files"]:
             store.download(f"{directory}/{file_name}", os.path.join(local_dir, file_name))

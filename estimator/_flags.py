@@ -165,8 +165,8 @@ def define_checkpoint_flags(flag_values=flags.FLAGS, only=None):
         keep_checkpoints=lambda f: flags.DEFINE_integer("keep_checkpoints", 5, "Newest checkpoints kept.", lower_bound=1,
                                               flag_values=f),
         ckpt_staging_dir=lambda f: flags.DEFINE_string(
-            "ckpt_staging_dir", None, "gs:// model_dir only: local directory where a checkpoint is staged "
-            "before upload and downloaded for restore (default: the temporary directory).", flag_values=f),
+            "ckpt_staging_dir", None, "gs:// model_dir only: local directory for a save's groups in flight "
+            "(each uploaded once written) and a restore's download (default: the temporary directory).", flag_values=f),
     )
 
 

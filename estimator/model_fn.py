@@ -24,7 +24,9 @@ int [N] (None in PREDICT). ``params`` is a ``bwtf.estimator.config.TrainConfig``
   parameters excluded), momentum SGD (optionally Nesterov) on the schedule in
   ``bwtf.estimator.config``; asynchronous ps training applies each step
   behind the task's update gate (``bwtf.ckpt.gated_update``) so checkpoints
-  hold one step; SyncReplicasOptimizer with ``sync_replicas``;
+  hold one step; SyncReplicasOptimizer with ``sync_replicas``, whose chief
+  applies each aggregated update behind the update gate too
+  (``training.sync_replicas.GatedApplyOptimizer``, directly inside it);
   under ``distribution="ps"`` no update applies once the global step reaches
   ``train_steps`` (``training.step_limit``), so training ends at exactly that step;
   dynamic loss scaling with precision "fp16". TensorBoard scalars: loss,

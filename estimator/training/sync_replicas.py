@@ -32,6 +32,10 @@ the blocked ``take_grad`` among them, so the queue runner thread ends at once
 and the coordinator's join returns. The MonitoredSession closes the session
 again afterwards; a second close does nothing.
 
+The close cannot leave the update gate held: a step cancelled inside its
+update drops its lock, which releases the gate (it comes after the final
+save, so no checkpoint sees that step).
+
 Deliberately left out: the workers. Their token dequeue fails once the chief's
 queue runner closes the token queue, and they end through that.
 """

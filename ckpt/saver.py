@@ -25,6 +25,8 @@ workers never wait for each other) once its gradients are computed, and
 releases it after the update and the global step increment. The snapshot
 takes every stripe (in order, so two snapshots cannot deadlock), reads and
 copies every variable, and releases them: no update is half applied in it.
+Under SyncReplicasOptimizer the chief's queue runner applies the aggregated
+update behind a gate the same way (bwtf.estimator.training.sync_replicas).
 
 Restore verifies the whole checkpoint (sizes and the manifest's checksum of
 every file) before it returns: the cheap size check first, the full checksum

@@ -24,7 +24,9 @@ int [N] (None in PREDICT). ``params`` is a ``bwtf.estimator.config.TrainConfig``
   parameters excluded), momentum SGD (optionally Nesterov) on the schedule in
   ``bwtf.estimator.config``; asynchronous ps training applies each step
   behind the task's update gate (``bwtf.ckpt.gated_update``) so checkpoints
-  hold one step; SyncReplicasOptimizer with ``sync_replicas``;
+  hold one step; SyncReplicasOptimizer with ``sync_replicas``, whose chief
+  applies each aggregated update behind the update gate too
+  (``training.sync_replicas.GatedApplyOptimizer``, directly inside it);
   under ``distribution="ps"`` no update applies once the global step reaches
   ``train_steps`` (``training.step_limit``), so training ends at exactly that step;
   dynamic loss scaling with precision "fp16". TensorBoard scalars: loss,
@@ -156,7 +158,7 @@ def _eval_metrics(logits, labels, predictions):
     }
 
 
-def _optimizer(config, lr):
+def _optimizer(config, lr, stripe=0):
     optimizer = tf.compat.v1.train.MomentumOptimizer(
         lr, config.optimizer.momentum, use_nesterov=config.optimizer.nesterov)
     if config.distribution == "ps":
@@ -167,6 +169,9 @@ def _optimizer(config, lr):
         optimizer = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(
             optimizer, loss_scale="dynamic")
     if config.sync_replicas:
+        # The chief's queue runner applies the aggregated update behind the
+        # update gate, loss scaling and step limit included (see sync_replicas).
+        optimizer = _sync_replicas.GatedApplyOptimizer(optimizer, stripe=stripe, after=[lr])
         optimizer = tf.compat.v1.train.SyncReplicasOptimizer(
             optimizer, replicas_to_aggregate=config.num_workers,
             total_num_replicas=config.num_workers)
@@ -218,7 +223,7 @@ def _train_spec(config, logits, labels, loss, scaffold, model_dir, is_chief, str
     # Made before the optimizer and its wrappers add ops: a summary's tag is
     # its op name, uniquified ("learning_rate_1") if that name is taken.
     tf.compat.v1.summary.scalar("learning_rate", lr)
-    optimizer = _optimizer(config, lr)
+    optimizer = _optimizer(config, lr, stripe)
     with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
         with _xla_scope(config):
             train_op = _update(optimizer, loss, global_step, config, stripe)

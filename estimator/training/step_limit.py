@@ -28,8 +28,9 @@ Batch-norm moving statistics are updated by the forward pass
 still moves them.
 
 Under ``--sync_replicas`` (``serial=True``) the wrapper sits inside the
-SyncReplicasOptimizer, whose chief applies every aggregated update from one
-queue-runner thread: nothing races, so there is no claim. An update applies
+SyncReplicasOptimizer (and inside its update gate, see
+``training.sync_replicas``), whose chief applies every aggregated update from
+one queue-runner thread: nothing races, so there is no claim. An update applies
 only while the step is below ``last_step``, and the step is added after the
 update as stock TensorFlow does, so a worker that sees step N (and stops)
 sees update N whole. Left out:

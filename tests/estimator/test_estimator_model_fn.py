@@ -205,12 +205,28 @@ def _gated_ops(graph):
     return after_lock & before_release
 
 
-@pytest.mark.parametrize("precision,xla", [("fp32", False), ("fp16", True)])
-def test_the_gated_part_of_an_asynchronous_update_runs_on_the_ps_alone(precision, xla, tmp_path):
+def _waited_for(op):
+    """Every op ``op`` waits for, directly or not (data and control inputs)."""
+    seen, todo = set(), [op]
+    while todo:
+        current = todo.pop()
+        for other in [t.op for t in current.inputs] + list(current.control_inputs):
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return seen
+
+
+@pytest.mark.parametrize("precision,xla,sync_replicas", [
+    ("fp32", False, False), ("fp16", True, False), ("fp32", False, True), ("fp16", False, True)])
+def test_the_gated_part_of_an_update_runs_on_the_ps_alone(precision, xla, sync_replicas, tmp_path):
     """A worker that freezes (SIGSTOP, a suspended job) while its update gate is
-    held would stop every checkpoint snapshot: nothing gated may run on it."""
+    held would stop every checkpoint snapshot: nothing gated may run on it.
+    Under --sync_replicas the gated update is the chief's aggregated one: the
+    gate waits for every aggregated gradient (taken on the ps) and for the
+    learning rate (computed on the chief), and holds the loss scaling's update."""
     train_config = _train_config("small_cnn", tmp_path, precision=precision, xla=xla, train_steps=100,
-                                 distribution="ps")
+                                 distribution="ps", sync_replicas=sync_replicas, num_workers=2)
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.device(tf.compat.v1.train.replica_device_setter(
             ps_tasks=2, worker_device="/job:worker/task:0")):
@@ -218,6 +234,19 @@ def test_the_gated_part_of_an_asynchronous_update_runs_on_the_ps_alone(precision
     gated = _gated_ops(graph)
     on_worker = sorted(f"{op.name} ({op.type}) on {op.device!r}" for op in gated if "/job:ps/" not in op.device)
     assert not on_worker, on_worker[:10]
+    if sync_replicas:
+        (lock,) = [op for op in graph.get_operations() if op.type == "MutexLock"]
+        waits = _waited_for(lock)
+        takes = [op for op in graph.get_operations() if "AccumulatorTakeGradient" in op.type]
+        assert takes and set(takes) <= waits, "the gate is taken before the aggregated gradients"
+        assert all("/job:ps/" in op.device for op in takes)
+        assert any(op.name.startswith("lr_schedule/") for op in waits), "the learning rate may arrive late"
+        # Every conditional update (the step limit's, and under fp16 the dynamic loss
+        # scale's finiteness check and its own update) is behind the gate.
+        conds = {op for op in graph.get_operations() if op.type in ("If", "StatelessIf")}
+        assert len(conds) == (2 if precision == "fp16" else 1) and conds <= gated, sorted(op.name for op in conds)
+        if precision == "fp16":
+            assert any(op.type == "IsFinite" for op in gated)
     # The updates sit in the step limit's cond (a function), each beside its variable.
     assert any(op.type in ("If", "StatelessIf") for op in gated), "the variables' updates are not behind the gate"
     applies = [node for function in graph.as_graph_def().library.function for node in function.node_def

@@ -53,7 +53,7 @@ import pathlib
 import stat
 import uuid
 
-from bwtf import _tf_notices
+from bwtf.estimator import _tf_notices
 
 SUPPORTED = ("2.15", "2.21")
 _INSTALL_HINT = (

@@ -197,14 +197,15 @@ def open_below(root, path, flags, mode=0o666):
 def _filesystem(url, storage_options):
     """(fsspec filesystem, root path) for ``url``.
 
-    gs:// gets gcsfs's plain object-store class. Since 2026 gcsfs's default
-    class first asks the Storage Control API for the bucket's layout; where
-    it cannot (no default credentials, an emulator) it logs a warning and
-    asks again on every call, hundreds of lines per checkpoint. The commit
-    protocol for object stores needs nothing but objects.
+    gs:// against a GCS emulator (``STORAGE_EMULATOR_HOST``) gets gcsfs's
+    plain object-store class: since 2026 gcsfs's default class first asks the
+    Storage Control API, which no emulator serves, for the bucket's layout,
+    and logs a warning on every call when it cannot (hundreds of lines per
+    checkpoint). Real buckets keep the default class, which handles zonal and
+    hierarchical-namespace buckets, and whatever the user registered.
     """
     protocol, _ = fsspec.core.split_protocol(url)
-    if protocol in ("gs", "gcs"):
+    if protocol in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
         from gcsfs import core as gcsfs_core  # pylint: disable=import-outside-toplevel
         fs_class = gcsfs_core.GCSFileSystem
         return fs_class(**storage_options), fs_class._strip_protocol(url)  # pylint: disable=protected-access

@@ -40,9 +40,11 @@ iterator, and the destructor waits for the autotuner's thread, which sleeps
 out its optimization period (growing to 60 s) first. Every chief and worker
 took 10-57 s to end after its final step (measured on TensorFlow 2.15 and
 2.21); a scheduler's kill at the walltime could land in that wait. Without the
-model, each AUTOTUNE parallelism starts at (and keeps) min(16, cores), what
-the autotuner converges to for a CPU-bound decode, and prefetch keeps its own
-buffer sizing.
+model an AUTOTUNE parallelism would stay at min(16, cores), so the decode map
+asks for one call per CPU this process may run on (what the autotuner climbs
+to for a CPU-bound decode; Slurm's --cpus-per-task sets that number); the
+files' interleave keeps its AUTOTUNE default (its cycle is 16 files anyway)
+and prefetch its own buffer sizing.
 
 Deliberately left out: colour distortion and other augmentations beyond crop
 and flip, and caching to memory (an ImageNet split does not fit).
@@ -293,9 +295,17 @@ def input_fn(dataset_config, mode, batch_size, input_context=None):
 
     if training:
         dataset = dataset.shuffle(dataset_config.shuffle_buffer, seed=dataset_config.seed).repeat()
-    dataset = dataset.map(preprocess, num_parallel_calls=_AUTOTUNE, deterministic=not training)
+    dataset = dataset.map(preprocess, num_parallel_calls=_decode_parallelism(), deterministic=not training)
     dataset = dataset.batch(batch_size, drop_remainder=training)
     return _without_autotune_model(dataset.prefetch(_AUTOTUNE))
+
+
+def _decode_parallelism():
+    """The CPUs this process may run on (its affinity mask, as Slurm and taskset set it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _without_autotune_model(dataset):

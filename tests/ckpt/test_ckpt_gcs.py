@@ -137,9 +137,9 @@ def _fake(model_dir, step, ownership=None):
 
 @pytest.mark.timeout(180)
 def test_gcs_save_and_restore_log_no_warnings(gcs_emulator, caplog):
-    """Without Google credentials (here, as for any emulator user) gcsfs's
-    default class warns on every call that it cannot read the bucket's
-    layout: hundreds of lines per checkpoint. bwtf's saves stay quiet."""
+    """Against an emulator (no Storage Control API, no Google credentials)
+    gcsfs's default class warns on every call that it cannot read the
+    bucket's layout: hundreds of lines per checkpoint. bwtf's saves stay quiet."""
     model_dir = f"{gcs_emulator}/quiet-{os.getpid()}-{time.time_ns()}"
     caplog.set_level(logging.WARNING)
     with tf.Graph().as_default():

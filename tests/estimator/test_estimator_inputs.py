@@ -1,4 +1,8 @@
 """Input pipeline: real JPEGs, the digits archive, sharding, synthetic data, bad datasets."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -82,6 +86,17 @@ def test_pipelines_run_without_the_autotune_thread(digits_data_dir, digits_datas
         dataset = inputs.input_fn(_digits_config(digits_data_dir, digits_dataset_name), mode, 4)
     assert dataset.options().autotune.enabled is False
     assert next(iter(dataset))[0].shape == (4, 32, 32, 3)
+
+
+def test_the_decode_runs_one_call_per_cpu_the_task_may_use():
+    """Without the autotuner, the decode map's parallelism follows the affinity mask (Slurm's
+    --cpus-per-task, taskset), not a fixed 16 that would starve a many-core node."""
+    script = ("import os; os.sched_setaffinity(0, {0}); from bwtf.estimator import inputs; "
+              "print(inputs._decode_parallelism())")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                         timeout=120)
+    assert run.returncode == 0 and run.stdout.split()[-1] == "1", run.stderr[-2000:]
+    assert inputs._decode_parallelism() == len(os.sched_getaffinity(0))  # pylint: disable=protected-access
 
 
 def test_each_worker_reads_its_own_share(digits_data_dir, digits_dataset_name):

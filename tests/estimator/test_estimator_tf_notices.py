@@ -1,8 +1,9 @@
-"""TensorFlow 2.21's C++ start-up notices and TF_CPP_MIN_LOG_LEVEL (bwtf/_tf_notices.py).
+"""TensorFlow 2.21's C++ start-up notices and TF_CPP_MIN_LOG_LEVEL (estimator/_tf_notices.py).
 
 The filter is checked on the lines TensorFlow 2.21 really prints (a 2.21
 interpreter from the ``tf221_python`` fixture) and, line by line, on what it
-must keep: Python warnings, errors, tracebacks, output of a failed import.
+must keep: Python warnings and absl lines, errors, tracebacks, the output of
+a failed import, and the last lines of a process that aborts in the middle.
 """
 import os
 import subprocess
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from bwtf import _tf_notices
+from bwtf.estimator import _tf_notices
 
 _BANNER = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
 _ONEDNN = (b"I0000 00:00:1796153953.005751   20796 port.cc:153] oneDNN custom operations are on. "
@@ -20,17 +21,19 @@ _CPU = (b"I1201 19:39:12.969559   20792 cpu_feature_guard.cc:227] This TensorFlo
 _WARNING = b"W1201 19:39:12.969559   20792 gpu_device.cc:2342] Cannot dlopen some GPU libraries.\n"
 _ERROR = b"E1201 19:39:12.969559   20792 cuda_blas.cc:1407] Unable to register cuBLAS factory.\n"
 _PYTHON = b"/x/google/api_core/_python_version_support.py:273: FutureWarning: upgrade Python\n  warnings.warn(message)\n"
+_PYTHON_ABSL = b"I1201 19:39:25.519345 140408235744128 task.py:344] task worker:0 started\n"
 _TRACEBACK = b"Traceback (most recent call last):\n  File \"<string>\", line 1\nImportError: libcudart.so.12\n"
 
 
 @pytest.mark.parametrize("level, kept", [
-    (0, _BANNER + _ONEDNN + _CPU + _WARNING + _ERROR + _PYTHON + _TRACEBACK),
-    (1, _WARNING + _ERROR + _PYTHON + _TRACEBACK),
-    (2, _ERROR + _PYTHON + _TRACEBACK),
-    (3, _PYTHON + _TRACEBACK),
+    (0, _BANNER + _ONEDNN + _CPU + _WARNING + _ERROR + _PYTHON + _PYTHON_ABSL + _TRACEBACK),
+    (1, _WARNING + _ERROR + _PYTHON + _PYTHON_ABSL + _TRACEBACK),
+    (2, _ERROR + _PYTHON + _PYTHON_ABSL + _TRACEBACK),
+    (3, _PYTHON + _PYTHON_ABSL + _TRACEBACK),
 ])
 def test_each_level_drops_the_lower_severities_and_keeps_everything_else(level, kept):
-    text = _BANNER + _ONEDNN + _CPU + _WARNING + _ERROR + _PYTHON + _TRACEBACK
+    """Python's own absl lines (a .py source) are never TensorFlow's C++ notices."""
+    text = _BANNER + _ONEDNN + _CPU + _WARNING + _ERROR + _PYTHON + _PYTHON_ABSL + _TRACEBACK
     assert _tf_notices.filtered(text, level) == kept
 
 
@@ -54,22 +57,34 @@ def test_nothing_is_filtered_unless_asked_on_2_21(line, environ):
     assert not _tf_notices.install(line, environ)
 
 
+def _run_filtered_block(body):
+    """Runs ``body`` (lines of Python) inside _stderr_filtered(1) in a fresh interpreter."""
+    script = "import os, sys\nfrom bwtf.estimator import _tf_notices\nwith _tf_notices._stderr_filtered(1):\n"
+    script += "".join(f"    {line}\n" for line in body)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, check=False, timeout=120)
+
+
 def test_a_failed_block_keeps_its_errors_in_order_and_drops_only_the_notices():
     """Through fd 2 (as the C++ code writes) and sys.stderr (as Python writes), with an exception."""
-    script = (
-        "import os, sys\n"
-        "from bwtf import _tf_notices\n"
-        "try:\n"
-        "    with _tf_notices._stderr_filtered(1):\n"
-        f"        os.write(2, {_BANNER + _ONEDNN!r})\n"
-        "        sys.stderr.write('python says first\\n')\n"
-        f"        os.write(2, {_ERROR!r})\n"
-        "        raise ImportError('libcudart.so.12')\n"
-        "except ImportError as e:\n"
-        "    print('caught', e, file=sys.stderr)\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
-    assert run.returncode == 0, run.stderr
-    assert run.stderr == b"python says first\n" + _ERROR + b"caught libcudart.so.12\n"
+    run = _run_filtered_block([
+        f"os.write(2, {_BANNER + _ONEDNN!r})",
+        "sys.stderr.write('python says first\\n'); sys.stderr.flush()",
+        f"os.write(2, {_ERROR!r})",
+        "raise ImportError('libcudart.so.12')"])
+    assert run.returncode == 1
+    lines = run.stderr.splitlines(keepends=True)
+    assert lines[:2] == [b"python says first\n", _ERROR], run.stderr
+    assert b"ImportError: libcudart.so.12" in run.stderr and b"oneDNN" not in run.stderr
+
+
+@pytest.mark.parametrize("death", ["os.abort()", "os.kill(os.getpid(), 9)"])
+def test_a_process_that_dies_inside_the_block_still_shows_its_last_lines(death):
+    """A TensorFlow built for instructions this CPU lacks aborts during the import: its fatal
+    line must reach the console (the filter's helper process drains the pipe after the death)."""
+    fatal = b"F1201 19:39:12.969559   20792 cpu_feature_guard.cc:50] The TensorFlow library was compiled to use AVX512F instructions, but these aren't available on your machine.\n"
+    run = _run_filtered_block([f"os.write(2, {_ONEDNN + fatal!r})", death])
+    assert run.returncode < 0
+    assert run.stderr == fatal, run.stderr
 
 
 @pytest.mark.slow

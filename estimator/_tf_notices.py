@@ -9,33 +9,39 @@ four tasks put 16 such lines among bwtf's own.
 
 ``install(line)`` (called by ``bwtf/__init__.py``) does nothing unless the
 installed TensorFlow is 2.21 and ``TF_CPP_MIN_LOG_LEVEL`` is 1 or more. Then
-the first ``import tensorflow`` writes its file-descriptor-level stderr into
-an unnamed file, which is written back once the import ends, without the
-lines that the level filters: absl-format C++ log lines of a lower severity
-(``I...`` at 1, ``W...`` too at 2, ``E...`` too at 3), the continuation line
-of the CPU-feature notice, and absl's banner. Everything else (Python
-warnings, errors, a traceback) is written back unchanged and in order, also
-when the import fails or is interrupted.
+the first ``import tensorflow`` writes its file-descriptor-level stderr into a
+pipe read by a small helper process (this file run as a script), which
+passes each line on to the real stderr as it arrives, except the lines the
+level filters: absl-format C++ log lines of a lower severity (``I...`` at 1,
+``W...`` too at 2, ``E...`` too at 3; Python's absl lines, whose source is a
+``.py`` file, are kept), the continuation line of the CPU-feature notice, and
+absl's banner. A helper process, not a file or a thread: when the import
+crashes (an abort on a CPU without the instructions TensorFlow was built
+for, a scheduler's kill), the helper still drains the pipe, so TensorFlow's
+fatal line and a faulthandler dump reach the console. If the helper cannot
+start, the import runs unfiltered.
 
-Deliberately left out: anything printed after the import (filtering it would
-need a process-wide stderr pipe, which would lose a crashing process's last
-lines), and TensorFlow 2.15, which filters by itself.
+Deliberately left out: anything printed after the import (a process-wide
+filter would put a process between every task and its console), and
+TensorFlow 2.15, which filters by itself.
 """
 import contextlib
 import importlib.abc
 import importlib.machinery
 import os
 import re
+import subprocess
 import sys
-import tempfile
 
 _SEVERITIES = "IWEF"
 # absl's C++ log line: severity letter, MMDD, time, thread id, file:line]. Before
 # absl's logging is initialized the date is 0000 and the seconds run from the epoch.
-_ABSL_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\s\]]+:\d+\] ")
+_ABSL_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ ([^\s\]]+):\d+\] ")
 _ABSL_BANNER = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # The second line of the I-level cpu_feature_guard notice.
 _CPU_FEATURES_CONTINUATION = b"To enable the following instructions:"
+# How long the import waits, once done, for the helper to pass on the last lines.
+_HELPER_DRAIN_SECS = 10
 
 
 def _min_level(environ):
@@ -46,48 +52,81 @@ def _min_level(environ):
         return 0
 
 
+def _keep(line, level, dropped_previous):
+    """(keep ``line``?, is it dropped?) given whether the line before it was dropped."""
+    bare = line.rstrip(b"\r\n")
+    match = _ABSL_LINE.match(bare)
+    if match and not match.group(2).endswith(b".py"):
+        dropped = _SEVERITIES.index(match.group(1).decode()) < level
+    elif bare == _ABSL_BANNER:
+        dropped = True
+    else:
+        dropped = dropped_previous and bare.startswith(_CPU_FEATURES_CONTINUATION)
+    return not dropped, dropped
+
+
 def filtered(text, level):
     """``text`` (bytes) without the notices that TF_CPP_MIN_LOG_LEVEL ``level`` filters."""
     if level < 1:
         return text
-    kept = []
-    dropped_previous = False
+    kept, dropped = [], False
     for line in text.splitlines(keepends=True):
-        bare = line.rstrip(b"\r\n")
-        match = _ABSL_LINE.match(bare)
-        if match:
-            dropped_previous = _SEVERITIES.index(match.group(1).decode()) < level
-        elif bare == _ABSL_BANNER:
-            dropped_previous = True
-        else:
-            dropped_previous = dropped_previous and bare.startswith(_CPU_FEATURES_CONTINUATION)
-        if not dropped_previous:
+        keep, dropped = _keep(line, level, dropped)
+        if keep:
             kept.append(line)
     return b"".join(kept)
 
 
+def _serve(level):
+    """The helper: stdin to stdout, line by line, filtered."""
+    dropped = False
+    for line in sys.stdin.buffer:
+        keep, dropped = _keep(line, level, dropped)
+        if keep:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+
+
 @contextlib.contextmanager
 def _stderr_filtered(level):
-    """Sends fd 2 to an unnamed file for the block, then writes it back filtered."""
+    """Sends fd 2 through the filtering helper for the block (see the module docstring)."""
     try:
         sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
         saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to filter
+    except OSError:  # no fd 2: nothing to filter
         yield
         return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = filtered(sink.read(), level)
-            with contextlib.suppress(OSError), os.fdopen(os.dup(2), "wb") as stderr:
-                stderr.write(text)
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    try:
+        helper = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(level)],
+                                  stdin=read_end, stdout=saved, stderr=subprocess.DEVNULL)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        helper = None
+    os.close(read_end)
+    if helper is None:
+        os.close(write_end)
+        os.close(saved)
+        yield
+        return
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last write end closes: the helper ends
+        os.close(saved)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            helper.wait(timeout=_HELPER_DRAIN_SECS)
 
 
 class _FilteredLoader(importlib.abc.Loader):
@@ -134,3 +173,7 @@ def install(tensorflow_line, environ=None):
     if not any(isinstance(finder, _FirstTensorFlowImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _FirstTensorFlowImport(level))
     return True
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))

@@ -371,13 +371,26 @@ def local_scratch(root, expected_bytes, prefix, what="a checkpoint of this model
 
 
 _SCRATCH_RE = re.compile(r"^bwtf-ckpt-(restore-|\d+-)[A-Za-z0-9_]+$")
+# A scratch directory is removed only once nothing in it changed for this long:
+# a writer in another PID namespace (a container sharing the host name and the
+# staging disk) looks dead from here while it still saves.
+_SCRATCH_IDLE_SECS = 600
+
+
+def _idle_secs(path):
+    """Seconds since anything directly in ``path`` (or ``path`` itself) changed."""
+    newest = os.lstat(path).st_mtime
+    for entry in os.scandir(path):
+        newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return time.time() - newest
 
 
 def _remove_dead_scratch(root):
     """Removes the scratch directories under ``root`` whose writer is dead (a
     killed save or restore leaves up to its bound there; a requeued job on the
     same node would otherwise pile them up). Directories without a readable
-    writer record (one being created, not ours) are left alone."""
+    writer record (one being created, not ours), and those changed in the last
+    _SCRATCH_IDLE_SECS, are left alone."""
     for name in os.listdir(root):
         path = os.path.join(root, name)
         if not _SCRATCH_RE.match(name) or os.path.islink(path) or not os.path.isdir(path):
@@ -385,9 +398,10 @@ def _remove_dead_scratch(root):
         try:
             with open(os.path.join(path, WRITER), encoding="utf-8") as f:
                 record = json.load(f)
+            idle = _idle_secs(path)
         except (OSError, ValueError):
             continue
-        if not _identity.is_alive(record):
+        if not _identity.is_alive(record) and idle > _SCRATCH_IDLE_SECS:
             log.info("Removing %s: scratch space of a dead checkpoint writer.", path)
             shutil.rmtree(path, ignore_errors=True)
 

@@ -648,6 +648,17 @@ def _broken(store, directory, step, reason, foreign=False):
                             False, reason, foreign=foreign)
 
 
+def _unreadable(store, directory, step, error):
+    """A checkpoint that could not be read: a file gone is broken; any other
+    read error (EIO, a stale handle, a timeout) may pass, so the checkpoint is
+    not used but kept (``foreign``: retention and a save of the same step
+    leave it alone) until a later look can read it."""
+    if isinstance(error, FileNotFoundError):
+        return _broken(store, directory, step, f"unreadable: {error}")
+    return _broken(store, directory, step, f"unreadable, kept until it can be read: {error}",
+                   foreign=True)
+
+
 def _verify(store, directory, step, full):
     """(manifest, size, cache key); raises CorruptCheckpointError."""
     if not store.atomic_rename and not store.exists(f"{directory}/{MARKER}"):
@@ -684,7 +695,7 @@ def check_local_copy(store, directory, manifest, local_dir):
     except errors.CorruptCheckpointError as e:
         return _broken(store, directory, step, str(e))
     except OSError as e:
-        return _broken(store, directory, step, f"unreadable: {e}")
+        return _unreadable(store, directory, step, e)
     return CheckpointStatus(store.display(directory), step, True, "",
                             sum(m["size"] for m in manifest["files"].values()),
                             float(manifest.get("created", 0.0)))
@@ -712,7 +723,9 @@ def check(model_dir, directory, full=True):
         manifest, size, _ = _verify(store, directory, step, full)
     except errors.CorruptCheckpointError as e:
         return _broken(store, directory, step, str(e))
-    except (OSError, ValueError, TypeError, RecursionError) as e:
+    except OSError as e:
+        return _unreadable(store, directory, step, e)
+    except (ValueError, TypeError, RecursionError) as e:
         return _broken(store, directory, step, f"unreadable: {e}")
     return CheckpointStatus(store.display(directory), step, True, "", size,
                             float(manifest.get("created", 0.0)))

@@ -4,6 +4,7 @@ A fake writer puts files shaped like TF's V2 output into the staging prefix;
 the tests assert what exists on disk before and after finalize, what readers
 pick, and that every kind of damage is reported by name.
 """
+import errno
 import json
 import os
 import uuid
@@ -327,6 +328,36 @@ def test_prune_never_deletes_newest_intact_even_if_newer_ones_are_broken(tmp_pat
     ckpt.prune(model_dir, ckpt.CheckpointPolicy(keep_last=1))
     assert listing(model_dir) == ["LATEST", "checkpoint", "ckpt-2", "ckpt-3", "ckpt-4"]
     assert ckpt.latest_intact_checkpoint(model_dir).step == 2
+
+
+def test_a_read_error_never_gets_an_intact_checkpoint_deleted_or_replaced(tmp_path, monkeypatch, caplog):
+    """A Lustre or NFS hiccup (EIO, a stale handle) while retention or a save of the same step
+    checks an older checkpoint: it is skipped, not judged broken and deleted or replaced."""
+    model_dir = str(tmp_path / "m")
+    for step in range(1, 4):
+        write_fake_checkpoint(model_dir, step, payload=b"first")
+    real_stat = storage.Storage.stat
+
+    def flaky_stat(self, path):
+        if "/ckpt-1/" in path or "/ckpt-3/" in path:
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real_stat(self, path)
+
+    monkeypatch.setattr(storage.Storage, "stat", flaky_stat)
+    commit.forget_verified()
+    statuses = {s.step: s for s in ckpt.list_checkpoints(model_dir)}
+    assert not statuses[1].intact and "kept until it can be read" in statuses[1].reason
+    ckpt.prune(model_dir, ckpt.CheckpointPolicy(keep_last=1))
+    write_fake_checkpoint(model_dir, 3, payload=b"other")  # a rerun reaching step 3 again
+    monkeypatch.setattr(storage.Storage, "stat", real_stat)
+    commit.forget_verified()
+    assert [s.step for s in ckpt.list_checkpoints(model_dir) if s.intact] == [1, 2, 3]
+    data = os.path.join(model_dir, "ckpt-3", "model.ckpt-3.data-00000-of-00001")
+    assert open(data, "rb").read() == b"first" and "Keeping the existing" in caplog.text
+    # A file that is gone is broken, as before, and retention removes it.
+    os.remove(data)
+    commit.forget_verified()
+    assert "missing" in {s.step: s for s in ckpt.list_checkpoints(model_dir)}[3].reason
 
 
 def test_keep_every_hours_keeps_one_per_period():

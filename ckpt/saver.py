@@ -661,6 +661,11 @@ def _download(store, directory, staging_root=None):
     except FileNotFoundError as e:
         shutil.rmtree(local_dir, ignore_errors=True)
         raise errors.CorruptCheckpointError(f"a file vanished while downloading ({e})") from e
+    except BaseException:
+        # Any other failure (a network error, Ctrl-C): a long-lived evaluator
+        # must not keep a partial copy per failed restore.
+        shutil.rmtree(local_dir, ignore_errors=True)
+        raise
     return os.path.join(local_dir, manifest["prefix"]), local_dir, manifest
 
 

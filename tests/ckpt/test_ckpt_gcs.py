@@ -508,3 +508,31 @@ def test_gcs_resave_of_an_intact_step_uploads_nothing_and_keeps_it(
     after = {n: store.stat(store.path("ckpt-1", n)) for n in store.listdir(store.path("ckpt-1"))}
     assert after == before
     assert os.listdir(small_tmpfs) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_gcs_download_leaves_no_partial_copy_behind(gcs_emulator, tmp_path, monkeypatch):
+    """A long-lived evaluator restores again and again: a restore whose download fails (a
+    network error, not a vanished file) must not leave its partial copy in the staging dir."""
+    from bwtf.ckpt import fence  # pylint: disable=import-outside-toplevel
+    fence.release_all()
+    model_dir = f"{gcs_emulator}/download-{os.getpid()}-{time.time_ns()}"
+    _save_big(model_dir, ckpt.CheckpointPolicy(max_group_bytes=4 * _MIB))
+    fence.release_all()
+    real_download = commit.storage_lib.Storage.download
+    calls = []
+
+    def fails_on_the_third(self, path, local_path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise ConnectionResetError("connection reset by peer")
+        return real_download(self, path, local_path)
+
+    monkeypatch.setattr(commit.storage_lib.Storage, "download", fails_on_the_third)
+    staging = tmp_path / "restore"
+    staging.mkdir()
+    with pytest.raises(ConnectionResetError):
+        _restore_big(model_dir, str(staging))
+    assert len(calls) == 3 and list(staging.iterdir()) == []
+    monkeypatch.setattr(commit.storage_lib.Storage, "download", real_download)
+    assert _restore_big(model_dir, str(staging))[0] == 1

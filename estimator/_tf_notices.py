@@ -140,6 +140,7 @@ class _FilteredLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        _uninstall()
         module.__loader__ = self._loader
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self._loader
@@ -148,21 +149,25 @@ class _FilteredLoader(importlib.abc.Loader):
 
 
 class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` once, as the other finders do, with a filtering loader."""
+    """Finds ``tensorflow`` as the other finders do, with a filtering loader,
+    until it is imported (a mere ``importlib.util.find_spec`` probe, as TFDS
+    makes, does not use the hook up)."""
 
     def __init__(self, level):
         self._level = level
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "tensorflow":
+        if fullname != "tensorflow" or fullname in sys.modules:
             return None
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         spec.loader = _FilteredLoader(spec.loader, self._level)
         return spec
+
+
+def _uninstall():
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FirstTensorFlowImport)]
 
 
 def install(tensorflow_line, environ=None):

@@ -93,7 +93,10 @@ def test_a_process_that_dies_inside_the_block_still_shows_its_last_lines(death):
 def test_tensorflow_2_21_start_up_notices_follow_tf_cpp_min_log_level(tf221_python, level):
     """The real import under 2.21: the notices are there at 0 (so the filter
     sees the real format) and gone at 1, with the module and its loader intact."""
-    script = ("import bwtf, tensorflow as tf\n"
+    # TFDS probes with importlib.util.find_spec before it imports: the probe must not use up the filter.
+    script = ("import importlib.util, bwtf\n"
+              "assert importlib.util.find_spec('tensorflow') is not None\n"
+              "import tensorflow as tf\n"
               "print(tf.__version__, type(tf.__loader__).__name__, tf.constant(2).numpy())\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level, CUDA_VISIBLE_DEVICES="")
     run = subprocess.run([tf221_python, "-c", script], capture_output=True, text=True, env=env,

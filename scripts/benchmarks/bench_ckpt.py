@@ -186,21 +186,27 @@ class _Updater:
         self._thread.join()
 
 
-def _spread(tf, prefix, count):
-    """(max - min per-variable update count, stored global_step) of a checkpoint."""
+def _spread(tf, prefix, baseline):
+    """(max - min per-variable update count, stored global_step) of a checkpoint.
+
+    ``baseline`` holds each variable's value before the updater started: the
+    counts are taken from there, since a previous round's restore of TF's own
+    (torn) checkpoint leaves the variables at different counts to begin with.
+    """
     reader = tf.train.load_checkpoint(prefix)
-    counts = [int(round(float(reader.get_tensor(f"layer{i}/w")[0, 0]) - 1.0)) for i in range(count)]
+    counts = [int(round(float(reader.get_tensor(f"layer{i}/w")[0, 0]) - start))
+              for i, start in enumerate(baseline)]
     return max(counts) - min(counts), int(reader.get_tensor("global_step"))
 
 
-def _bwtf_save(tf, sess, gathered, dirs, count):
+def _bwtf_save(tf, sess, gathered, dirs, baseline):
     """One bwtf save while training goes on: (prefix, stall, commit, spread, names agree)."""
     step = gathered.save_async(sess)
     stall = gathered.last_stall_secs
     gathered.wait()
     committed = gathered.last_commit_secs
     prefix = os.path.join(dirs["bwtf"], f"ckpt-{step}", f"model.ckpt-{step}")
-    spread, stored = _spread(tf, prefix, count)
+    spread, stored = _spread(tf, prefix, baseline)
     manifest = json.load(open(os.path.join(dirs["bwtf"], f"ckpt-{step}", "MANIFEST.json")))
     return prefix, stall, committed, spread, stored == step == manifest["step"]
 
@@ -228,11 +234,12 @@ def _compare_mode(tf, sess, step, variables, gathered, default, args, dirs, ps_p
     for i in range(args.repeats):
         results["gather"].append(_timed(lambda: sess.run(floor)))
         # Training idle (before the updater moves the step on, so the names differ).
-        _bwtf_save(tf, sess, gathered, dirs, len(variables))
+        _bwtf_save(tf, sess, gathered, dirs, [0.0] * len(variables))
         results["bwtf_idle"].append(gathered.last_commit_secs)
+        baseline = [float(x) for x in sess.run([v[0, 0] for v in variables])]
         with _Updater(tf, sess, step, variables):  # training goes on during the saves
             prefix, stall, committed, spread, names_agree = _bwtf_save(
-                tf, sess, gathered, dirs, len(variables))
+                tf, sess, gathered, dirs, baseline)
             tf_path = [None]
             results["tf_save"].append(_timed(lambda: tf_path.__setitem__(0, default.save(
                 sess, os.path.join(dirs["tf"], "model.ckpt"), global_step=step))))
@@ -243,7 +250,7 @@ def _compare_mode(tf, sess, step, variables, gathered, default, args, dirs, ps_p
         results["bwtf_restore"].append(_bwtf_restore(sess, gathered, prefix))
         spreads["bwtf"].append(spread)
         agree.append(names_agree)
-        spreads["tf"].append(_spread(tf, tf_path[0], len(variables))[0])
+        spreads["tf"].append(_spread(tf, tf_path[0], baseline)[0])
         results["tf_restore"].append(_timed(lambda: default.restore(sess, tf_path[0])))
         results["raw"].append(_raw_write_secs(dirs["raw"], total))
     print(f"variables: {args.mib} MiB on 2 ps, group bound {args.group_mib} MiB, "

@@ -4,6 +4,7 @@ Lives outside conftest.py so that tests import it by a name no other test
 folder uses (several folders have a conftest.py; `from conftest import ...`
 would get whichever was imported first).
 """
+import json
 import os
 import socket
 import subprocess
@@ -58,3 +59,17 @@ def finish(process, log_path, timeout):
 def run_train(args, tmp_path, name="task", timeout=240):
     log_path = tmp_path / f"{name}.log"
     return finish(start_train(args, log_path), log_path, timeout)
+
+
+def job_env():
+    """The environment of a test's own job script (runner_job.py, sync_snapshot_job.py): quiet
+    TensorFlow, unbuffered output, no GPU, and none of the caller's cluster-role variables."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    for name in ROLE_VARIABLES:
+        env.pop(name, None)
+    return env
+
+
+def job_events(output):
+    """The JSON lines a job script printed, in order."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]

@@ -10,29 +10,18 @@ import subprocess
 
 import pytest
 
-from estimator_helpers import ROLE_VARIABLES, free_ports
+from estimator_helpers import free_ports, job_env, job_events
 
 _JOB = str(pathlib.Path(__file__).with_name("runner_job.py"))
-
-
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    for name in ROLE_VARIABLES:
-        env.pop(name, None)
-    return env
-
-
-def _events(output):
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_runner_trains_evaluates_and_exports_on_tf221(tf221_python, tmp_path):
     run = subprocess.run([tf221_python, _JOB, "local", str(tmp_path / "run"), "200", str(tmp_path / "export")],
-                         capture_output=True, text=True, env=_env(), timeout=500, check=False)
+                         capture_output=True, text=True, env=job_env(), timeout=500, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    trained, evaluated, exported = _events(run.stdout)
+    trained, evaluated, exported = job_events(run.stdout)
     assert trained["tensorflow"].startswith("2.2") and trained["step"] == 200 and trained["stop"] is None
     assert evaluated["global_step"] == 200 and evaluated["accuracy"] >= 0.9 and evaluated["loss"] < 0.5
     assert exported["accuracy"] >= 0.9 and os.path.isfile(os.path.join(exported["path"], "saved_model.pb"))
@@ -53,7 +42,7 @@ def test_a_one_ps_cluster_trains_through_the_runner_on_tf221(tf221_python, tmp_p
         log = open(tmp_path / f"{task_type}.log", "w", encoding="utf-8")
         tasks[task_type] = (subprocess.Popen(
             [tf221_python, _JOB, task_type, "0", model_dir, "300", json.dumps(spec)],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=_env()), log)
+            stdout=subprocess.PIPE, stderr=log, text=True, env=job_env()), log)
     outputs = {}
     for task_type in ("chief", "worker", "ps"):
         process, log = tasks[task_type]
@@ -66,7 +55,7 @@ def test_a_one_ps_cluster_trains_through_the_runner_on_tf221(tf221_python, tmp_p
         finally:
             log.close()
         assert process.returncode == 0, (tmp_path / f"{task_type}.log").read_text()[-3000:]
-    chief = _events(outputs["chief"])[-1]
+    chief = job_events(outputs["chief"])[-1]
     assert chief["task"] == "chief:0" and chief["step"] == 300
-    assert _events(outputs["worker"])[-1]["task"] == "worker:0"
+    assert job_events(outputs["worker"])[-1]["task"] == "worker:0"
     assert (tmp_path / "run" / "ckpt-300" / "MANIFEST.json").is_file()

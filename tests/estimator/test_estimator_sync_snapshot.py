@@ -21,28 +21,17 @@ import pytest
 import tensorflow as tf
 
 from bwtf import ckpt
-from estimator_helpers import ROLE_VARIABLES, free_ports
+from estimator_helpers import free_ports, job_env, job_events
 
 _JOB = str(pathlib.Path(__file__).with_name("sync_snapshot_job.py"))
 _STEPS = 30
 
 
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    for name in ROLE_VARIABLES:
-        env.pop(name, None)
-    return env
-
-
-def _events(output):
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-
-
 def _replay(python, precision):
     run = subprocess.run([python, _JOB, "replay", str(_STEPS), precision], capture_output=True, text=True,
-                         env=_env(), timeout=300, check=False)
+                         env=job_env(), timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    values = _events(run.stdout)[-1]["values"]
+    values = job_events(run.stdout)[-1]["values"]
     assert len(set(values)) == len(values), "every update must change the value"
     return values
 
@@ -59,7 +48,7 @@ def _train(python, tmp_path, precision):
         log = open(tmp_path / f"{name}.log", "w", encoding="utf-8")
         tasks[name] = (subprocess.Popen(
             [python, _JOB, task_type, str(index), model_dir, str(_STEPS), json.dumps(spec), precision],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=_env()), log)
+            stdout=subprocess.PIPE, stderr=log, text=True, env=job_env()), log)
     outputs = {}
     try:
         for name in ("chief0", "worker0", "ps0", "ps1"):
@@ -108,6 +97,6 @@ def test_sync_replicas_checkpoints_hold_one_step(tmp_path, request, tensorflow):
     assert len(steps) >= _STEPS // 2, steps  # many saves while the worker trained
     # --train_steps=N ends exactly at ckpt-N, and every task ends (the chief promptly).
     assert max(steps) == _STEPS and ckpt.latest_intact_checkpoint(model_dir).step == _STEPS
-    chief, worker = _events(outputs["chief0"])[-1], _events(outputs["worker0"])[-1]
+    chief, worker = job_events(outputs["chief0"])[-1], job_events(outputs["worker0"])[-1]
     assert chief["task"] == "chief:0" and worker["task"] == "worker:0"
     assert chief["tensorflow"].startswith(tensorflow)

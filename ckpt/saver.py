@@ -503,7 +503,7 @@ class GatheredSaver:
                             save_path, e, fallback)
                 save_path = fallback
         self.last_restored = (save_path, step)
-        log.info("Restored %s (group by group on the chief).", save_path, extra=self._restore_log_extra)
+        log.info("Restored %s (group by group, verified).", save_path, extra=self._restore_log_extra)
 
     def _restore_verified(self, sess, save_path):
         """Restores a bwtf checkpoint while its checksums are verified in a

@@ -5,7 +5,7 @@
     runner.train(input_fn, max_steps, hooks=(), master="")       -> runner
     runner.evaluate(input_fn, steps=None, checkpoint_path=None, name=None) -> {metric: value, "global_step": N}
     runner.export_saved_model(export_dir_base, serving_input_receiver_fn, checkpoint_path=None) -> path
-    train_distributed(runner, input_fn, max_steps)                 # chief/worker of a ps cluster
+    train_distributed(runner, input_fn, max_steps)                 # chief/worker of a cluster
 
 It keeps the parts of ``tf.estimator.Estimator`` bwtf's programs use, with the
 same behaviour, on ``tf.compat.v1.train.MonitoredTrainingSession`` (present in
@@ -36,9 +36,16 @@ Sessions use the Estimator's settings (soft placement, one meta-optimizer
 pass; in a cluster, device filters that keep a task's session to the ps tasks
 and itself), so a step costs what it costs under the Estimator.
 
-Deliberately left out: distribution strategies (``--distribution=collective``
-stays on the Estimator), saving listeners, TPU, and prediction (``predict``).
+With ``RunConfig.train_distribute`` (a MultiWorkerMirroredStrategy, one
+replica per worker) ``train`` builds the graph as Estimator built it under a
+between-graph strategy (``_replicated``): the session goes to the strategy's
+server with its config, and every worker initialises or restores its own copy
+of the variables while only the chief runs the chief hooks and summaries.
+
+Deliberately left out: saving listeners, TPU, in-graph strategies, and
+prediction (``predict``).
 """
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -49,6 +56,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 from bwtf.ckpt import startup as _ckpt_startup
+from bwtf.estimator.runner import _replicated
 from bwtf.estimator.runner import spec
 
 LOSS_METRIC = "loss"
@@ -73,6 +81,9 @@ class RunConfig:
     cluster_spec: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
     save_summary_steps: Optional[int] = 100
     log_step_count_steps: Optional[int] = 100
+    # A between-graph strategy (MultiWorkerMirroredStrategy, one replica per
+    # worker) made before anything ran TensorFlow; it has started this task's server.
+    train_distribute: Optional[object] = None
 
     @property
     def is_distributed(self):
@@ -110,6 +121,9 @@ class RunConfig:
             own = "/job:chief" if self.task_type == "chief" else f"/job:{self.task_type}/task:{self.task_id}"
             config.device_filters.extend(["/job:ps", own])
             config.experimental.share_session_state_in_clusterspec_propagation = True
+        if self.train_distribute is not None:
+            # Its collective group leader, and a device filter of its own.
+            config = self.train_distribute.update_config_proto(config)
         return config
 
 
@@ -184,11 +198,17 @@ class Runner:
         if start_step >= max_steps:
             _estimator_log("Skipping training since max_steps has already saved.")
             return self
-        with tf.Graph().as_default() as graph, graph.device(self.config.device_fn):
+        strategy = self.config.train_distribute
+        with tf.Graph().as_default() as graph, graph.device(self.config.device_fn), \
+                _replicated.strategy_scope(strategy) if strategy else contextlib.nullcontext():
             global_step = tf.compat.v1.train.get_or_create_global_step()
-            features, labels, input_hooks = _features_and_labels(input_fn, spec.ModeKeys.TRAIN, self.params,
-                                                                 self.config)
-            model_spec = self._call_model_fn(features, labels, spec.ModeKeys.TRAIN)
+            if strategy:
+                model_spec, input_hooks = _replicated.train_spec(strategy, self._call_model_fn, input_fn,
+                                                                 self.params, self.config)
+            else:
+                features, labels, input_hooks = _features_and_labels(input_fn, spec.ModeKeys.TRAIN, self.params,
+                                                                     self.config)
+                model_spec = self._call_model_fn(features, labels, spec.ModeKeys.TRAIN)
             # As Estimator: a run that has a checkpoint of its own resumes from it and
             # never reads the warm-start source again (it may have been pruned or moved).
             if self._warm_start is not None and _newest_checkpoint(self.model_dir) is None:
@@ -208,13 +228,18 @@ class Runner:
         return self
 
     def _run_training(self, model_spec, hooks, master):
+        is_chief = self.config.is_chief
+        # Under a strategy every worker initialises (or restores) its own copy of
+        # the variables, as the chief does; only the chief saves and summarises.
+        initialises = is_chief or self.config.train_distribute is not None
         session = tf.compat.v1.train.MonitoredTrainingSession(
-            master=master, is_chief=self.config.is_chief, checkpoint_dir=self.model_dir,
-            scaffold=model_spec.scaffold, hooks=hooks, chief_only_hooks=list(model_spec.training_chief_hooks),
+            master=master, is_chief=initialises, checkpoint_dir=self.model_dir,
+            scaffold=model_spec.scaffold, hooks=hooks,
+            chief_only_hooks=list(model_spec.training_chief_hooks) if is_chief else [],
             save_checkpoint_secs=None, save_checkpoint_steps=None,
-            save_summaries_steps=self.config.save_summary_steps, save_summaries_secs=None,
-            log_step_count_steps=self.config.log_step_count_steps, config=self.config.session_config(),
-            max_wait_secs=7200)
+            save_summaries_steps=self.config.save_summary_steps if is_chief else None, save_summaries_secs=None,
+            log_step_count_steps=self.config.log_step_count_steps if is_chief else None,
+            config=self.config.session_config(), max_wait_secs=7200)
         loss = None
         with session:
             while not session.should_stop():
@@ -290,14 +315,20 @@ def _write_eval_summary(model_dir, name, results):
 
 
 def train_distributed(runner, input_fn, max_steps, hooks=()):
-    """One chief or worker of a ps cluster: starts this task's server, then trains through it.
+    """One chief or worker of a cluster: trains through this task's server.
 
-    A worker waits ``5 s x (task index + 1)`` (at most 60 s) first, as
-    train_and_evaluate does, so the chief has usually initialised the variables.
+    In a ps cluster it starts the server, and a worker waits ``5 s x (task
+    index + 1)`` (at most 60 s) first, as train_and_evaluate does, so the chief
+    has usually initialised the variables. Under a strategy
+    (``RunConfig.train_distribute``) the strategy's server is used and every
+    worker starts at once: each one's variables are initialised together.
     """
     config = runner.config
     if config.task_type not in ("chief", "worker") or not config.is_distributed:
         raise RunnerError(f"train_distributed runs a chief or worker of a cluster, not {config.task_type!r}")
+    if config.train_distribute is not None:
+        address = config.cluster_spec[config.task_type][config.task_id]
+        return runner.train(input_fn, max_steps, hooks=hooks, master=f"grpc://{address}")
     server = tf.distribute.Server(tf.train.ClusterSpec(config.cluster_spec), job_name=config.task_type,
                                   task_index=config.task_id, config=config.session_config(), start=True)
     if config.task_type == "worker":

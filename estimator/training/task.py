@@ -4,7 +4,7 @@ The task's role decides what it does: ``ps`` serves variables until the chief
 is done (``bwtf.estimator.cluster.ps_lifecycle``); ``chief`` and ``worker`` train
 through ``tf.estimator.train_and_evaluate``, or through bwtf's runner when
 ``bwtf.estimator.runner.selection`` picks it (TensorFlow 2.16+, or
-``BWTF_RUNNER=bwtf``; ps and none only) (the chief saves checkpoints through
+``BWTF_RUNNER=bwtf``) (the chief saves checkpoints through
 ``bwtf.ckpt`` only, and evaluates the final checkpoint; a worker stops with the
 chief on SIGTERM/SIGUSR1 and ends itself if the chief vanishes);
 ``evaluator`` runs ``bwtf.estimator.evaluation.runner.evaluate_continuously``:
@@ -268,12 +268,11 @@ def _estimator(train_config, role, strategy=None, warm_start=None):
     import tensorflow as tf
 
     if _selection.use_bwtf_runner():
-        if strategy is not None:
-            raise config.ConfigError("bwtf's runner takes no distribution strategy (see run_task)")
         run_config = _runner.RunConfig(
             model_dir=train_config.model_dir, task_type=role.task_type if role.is_distributed else "worker",
             task_id=role.task_id, cluster_spec=dict(role.cluster_spec),
-            save_summary_steps=train_config.log_every_steps, log_step_count_steps=train_config.log_every_steps)
+            save_summary_steps=train_config.log_every_steps, log_step_count_steps=train_config.log_every_steps,
+            train_distribute=strategy)
         return _runner.Runner(model_fn.model_fn, run_config, params=train_config,
                               warm_start_from=warm_start.settings() if warm_start else None)
     with _tf_config(role.tf_config_json()):
@@ -378,6 +377,8 @@ def _train(job, strategy=None):
         ckpt.install_estimator_step_reader(full=job.role.is_chief)
     train_fn, eval_fn = _input_fns(job)
     estimator = _estimator(job.train, job.role, strategy, warm_start=job.warm_start)
+    logging.info("engine: %s", "bwtf's runner" if isinstance(estimator, _runner.Runner) else "tf.estimator",
+                 extra=bwtf.FILE_ONLY)
     latest = ckpt.latest_intact_checkpoint(job.train.model_dir) if job.role.is_chief else None
     start_step, start = (latest.step if latest else 0), time.monotonic()
     if job.role.is_distributed:
@@ -462,10 +463,6 @@ def run_task(values, on_role=None):
     _give_devices(role)
     if role.task_type == "ps":
         return _ps_lifecycle.serve_parameter_server(role)
-    if _uses_collective_strategy(values, role) and _selection.use_bwtf_runner():
-        raise config.ConfigError(
-            "--distribution=collective runs on tf.estimator only: bwtf's runner (BWTF_RUNNER=bwtf, or "
-            "TensorFlow 2.16+) trains with --distribution=ps or none")
     strategy = _collective_strategy(role) if _uses_collective_strategy(values, role) else None
     job = _check_before_training(_build_job(values, role), values)
     _log_start(job)

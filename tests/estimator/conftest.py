@@ -7,6 +7,8 @@
   ``python -m bwtf.estimator.train`` as a real process, one task of a
   localhost cluster, with its log kept for the report.)
 * ``digits_flags``: the flags that train small_cnn on the digits archive.
+* ``engine``: "estimator" or "bwtf", set as BWTF_RUNNER for the tasks a test
+  starts; "estimator" skips where TensorFlow has no tf.estimator (2.16+).
 """
 import pytest
 
@@ -47,3 +49,13 @@ def digits_flags(digits_data_dir, digits_dataset_name):
         "--image_size=32", "--batch_size=32", "--base_lr=0.4", "--warmup_steps=20",
         "--min_crop_area=0.5", "--shuffle_buffer=2000", "--log_every_steps=100", "--seed=1",
     ]
+
+
+@pytest.fixture(params=["estimator", "bwtf"])
+def engine(request, monkeypatch):
+    from bwtf.estimator.runner import spec
+
+    if request.param == "estimator" and not spec.HAS_TF_ESTIMATOR:
+        pytest.skip("this TensorFlow has no tf.estimator (removed in 2.16); bwtf's runner case covers it")
+    monkeypatch.setenv("BWTF_RUNNER", request.param)
+    return request.param

@@ -87,25 +87,39 @@ def test_checkpoint_from_two_ps_restores_onto_one_ps_and_into_one_process(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_collective_workers_learn_the_digits_from_real_data(tmp_path, digits_flags):
-    """Two MultiWorkerMirroredStrategy workers on the digits archive reach 95% precision@1.
+@pytest.mark.timeout(900)
+def test_collective_workers_learn_the_digits_from_real_data_and_resume(tmp_path, digits_flags, engine):
+    """Two MultiWorkerMirroredStrategy workers on the digits archive reach 95% precision@1,
+    through tf.estimator or bwtf's runner; a longer rerun resumes both from the checkpoint.
 
     The chief reads the dataset (its label texts) before training: the strategy
     must already exist then, or TF refuses to configure collective ops.
     """
-    flags = [*digits_flags, f"--model_dir={tmp_path / 'run'}", "--train_steps=500", "--distribution=collective"]
-    results = _run_cluster(tmp_path, "collective", flags, ps_count=0, worker_count=2)
+    model_dir = tmp_path / "run"
+    flags = [*digits_flags, f"--model_dir={model_dir}", "--distribution=collective"]
+    results = _run_cluster(tmp_path, "collective", [*flags, "--train_steps=500"], ps_count=0, worker_count=2)
     _assert_all_exited_cleanly(results)
     chief_log, worker_log = results["chief"][1], results["worker1"][1]
     for log in (chief_log, worker_log):
         assert "collective strategy: 2 replicas in sync, one per worker" in log
         assert "small_cnn: 61,338 trainable parameters" in log
+    expected_engine = "tf.estimator" if engine == "estimator" else "bwtf's runner"
+    for log in ("chief.log", "worker-0.log"):
+        assert f"engine: {expected_engine}" in (model_dir / "logs" / log).read_text()
     # One update averages both workers' batches: 64 images, so the linear rule gives 0.4 * 64 / 256.
     assert "64 images per update" in chief_log and "peak lr 0.1000" in chief_log
     precision = float(re.search(r"final precision@1 ([\d.]+)", chief_log).group(1))
     assert precision >= 0.95, f"precision@1 {precision} on the validation split"
-    assert ckpt.latest_intact_checkpoint(str(tmp_path / "run")).step == 500
+    assert ckpt.latest_intact_checkpoint(str(model_dir)).step == 500
+
+    # Both workers restore step 500 (each replica starts from the same values) and step on together.
+    rerun = _run_cluster(tmp_path, "resume", [*flags, "--train_steps=540"], ps_count=0, worker_count=2)
+    _assert_all_exited_cleanly(rerun)
+    assert "(step 500)" in rerun["chief"][1] and "done: 540 steps (40 this run)" in rerun["chief"][1]
+    assert re.search(r"Restored \S+/ckpt-500/model.ckpt-500", rerun["worker1"][1]), rerun["worker1"][1][-3000:]
+    precision = float(re.search(r"final precision@1 ([\d.]+)", rerun["chief"][1]).group(1))
+    assert precision >= 0.95, f"precision@1 {precision} after resuming: the workers did not restore step 500"
+    assert ckpt.latest_intact_checkpoint(str(model_dir)).step == 540
 
 
 def run_eval_json(tmp_path, model_dir):

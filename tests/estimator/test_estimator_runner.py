@@ -76,18 +76,6 @@ def test_runner_resumes_and_stops_at_train_steps(train_flags, use_runner, tmp_pa
             "throughput/images_per_sec"} <= tags
 
 
-def test_collective_is_refused_by_the_runner_before_anything_starts(train_flags, use_runner, tmp_path):
-    from bwtf.estimator.training import task as train
-
-    ports = free_ports(2)
-    values = train_flags(*_SYNTHETIC, f"--model_dir={tmp_path}", "--train_steps=4", "--distribution=collective",
-                         f"--worker_hosts=localhost:{ports[0]},localhost:{ports[1]}", "--job_name=worker",
-                         "--task_index=0")
-    with pytest.raises(bwtf.UserError, match="collective runs on tf.estimator only"):
-        train.run_task(values)
-    assert not (tmp_path / "run.json").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_checkpoints_move_between_the_runner_and_the_estimator(clean_cluster_env, tmp_path):

@@ -86,6 +86,10 @@ _EXTRAS = {
         "scikit-learn>=1.3,<2",
         "gcp-storage-emulator>=2024.8.3",
         "matplotlib>=3.7,<4",
+        # The tests read event files with TensorBoard's own reader (TensorFlow 2.21
+        # no longer installs it) and TFDS's builder test case imports dill.
+        "tensorboard>=2.15,<3",
+        "dill>=0.3.1",
     ],
 }
 

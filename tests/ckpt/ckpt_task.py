@@ -6,7 +6,9 @@
 
 The chief trains a tiny Estimator whose variables live on the ps tasks: a
 partitioned embedding (one part per ps), a dense kernel with Adagrad slots and
-the global step. It writes a JSON result (final step, stop reason) and exits
+the global step. It is a user's own ``tf.estimator.Estimator`` program where
+TensorFlow has one (2.15); on 2.21 the same model_fn runs through bwtf's
+runner, which has no stock checkpoint saver (``--saver=default`` exits 3). It writes a JSON result (final step, stop reason) and exits
 with ckpt.EXIT_REQUEUE when the stop hook stopped it, as bwtf's train.py does.
 This is a test program, not the real training program.
 """
@@ -20,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from bwtf import ckpt
+from bwtf.estimator.runner import engine
+from bwtf.estimator.runner import spec
 
 _DIM = 8
 _SERVERS = []
@@ -51,9 +55,9 @@ def _model_fn(args, num_partitions):
         logits = tf.matmul(hidden, kernel)
         loss = tf.reduce_mean(tf.square(logits - labels))
         step = tf.compat.v1.train.get_or_create_global_step()
-        if mode == tf.estimator.ModeKeys.EVAL:
+        if mode == spec.ModeKeys.EVAL:
             policy = ckpt.CheckpointPolicy()
-            return tf.estimator.EstimatorSpec(
+            return spec.EstimatorSpec(
                 mode, loss=loss, scaffold=ckpt.gathered_scaffold(args.model_dir, policy))
         train_op = tf.compat.v1.train.AdagradOptimizer(0.1).minimize(loss, global_step=step)
         if args.sleep_per_step:
@@ -61,12 +65,12 @@ def _model_fn(args, num_partitions):
                 train_op = tf.group(tf.py_function(
                     lambda: time.sleep(args.sleep_per_step) or 0, [], tf.int32))
         if args.saver == "default":
-            return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+            return spec.EstimatorSpec(mode, loss=loss, train_op=train_op)
         policy = ckpt.CheckpointPolicy(save_steps=args.save_steps, keep_last=3,
                                        max_group_bytes=1024)
         device = "/job:chief/task:0/device:CPU:0" if num_partitions > 1 or _has_ps() else None
         scaffold = ckpt.gathered_scaffold(args.model_dir, policy, device=device)
-        return tf.estimator.EstimatorSpec(
+        return spec.EstimatorSpec(
             mode, loss=loss, train_op=train_op, scaffold=scaffold,
             training_chief_hooks=ckpt.chief_hooks(args.model_dir, scaffold, policy))
     return model_fn
@@ -116,25 +120,46 @@ def _train(args):
         _SERVERS.append(server)  # the server stops when garbage-collected
     else:
         os.environ.pop("TF_CONFIG", None)
-    config = tf.estimator.RunConfig(
-        model_dir=args.model_dir,
-        save_checkpoints_steps=args.save_steps if args.saver == "default" else None,
-        save_checkpoints_secs=None, keep_checkpoint_max=3,
-        session_config=tf.compat.v1.ConfigProto(device_filters=["/job:ps", "/job:chief"]))
-    estimator = tf.estimator.Estimator(_model_fn(args, max(num_ps, 1)), config=config,
-                                       warm_start_from=args.warm_start_from)
+    model_fn = _model_fn(args, max(num_ps, 1))
     hooks = [_ProgressHook(args.progress)] if args.progress else []
-    estimator.train(lambda: _input_fn(args), max_steps=args.max_steps, hooks=hooks)
+    if spec.HAS_TF_ESTIMATOR:
+        config = tf.estimator.RunConfig(
+            model_dir=args.model_dir,
+            save_checkpoints_steps=args.save_steps if args.saver == "default" else None,
+            save_checkpoints_secs=None, keep_checkpoint_max=3,
+            session_config=tf.compat.v1.ConfigProto(device_filters=["/job:ps", "/job:chief"]))
+        estimator = tf.estimator.Estimator(model_fn, config=config, warm_start_from=args.warm_start_from)
+        estimator.train(lambda: _input_fn(args), max_steps=args.max_steps, hooks=hooks)
+    else:
+        if args.saver == "default":
+            print("TensorFlow's own saver needs tf.estimator (2.15)", file=sys.stderr)
+            return 3
+        estimator = _runner(args, model_fn, tf_config.get("cluster", {}) if args.role == "chief" else {})
+        master = _SERVERS[0].target if _SERVERS else ""
+        estimator.train(lambda: _input_fn(args), args.max_steps, hooks=hooks, master=master)
     reason = ckpt.stop_requested() if args.saver == "bwtf" else None
-    result = {"step": int(estimator.get_variable_value("global_step")), "stop_reason": reason}
+    result = {"step": int(_stored(args.model_dir, "global_step")), "stop_reason": reason}
     if args.evaluate:
         metrics = estimator.evaluate(lambda: _input_fn(args).take(2))
         result["eval_step"] = int(metrics["global_step"])
-        result["emb_sum"] = float(np.sum(estimator.get_variable_value("emb")))
+        result["emb_sum"] = float(np.sum(_stored(args.model_dir, "emb")))
     if args.result:
         with open(args.result, "w", encoding="utf-8") as f:
             json.dump(result, f)
     return ckpt.EXIT_REQUEUE if reason else 0
+
+
+def _runner(args, model_fn, cluster_spec):
+    """bwtf's runner in place of tf.estimator: the chief of the ps cluster, or a single process."""
+    config = engine.RunConfig(model_dir=args.model_dir, task_type="chief" if cluster_spec else "worker",
+                              cluster_spec=cluster_spec)
+    warm_start = spec.WarmStartSettings(args.warm_start_from) if args.warm_start_from else None
+    return engine.Runner(model_fn, config, warm_start_from=warm_start)
+
+
+def _stored(model_dir, name):
+    """A variable's value in the newest checkpoint (partitions joined), as Estimator.get_variable_value reads it."""
+    return tf.train.load_variable(tf.train.latest_checkpoint(model_dir), name)
 
 
 def main():

@@ -9,8 +9,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from bwtf.estimator import config, inputs
+from bwtf.estimator.runner import spec
 
-_TRAIN, _EVAL = tf.estimator.ModeKeys.TRAIN, tf.estimator.ModeKeys.EVAL
+_TRAIN, _EVAL = spec.ModeKeys.TRAIN, spec.ModeKeys.EVAL
 
 
 def _digits_config(data_dir, name, **overrides):

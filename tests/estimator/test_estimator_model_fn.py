@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 
 from bwtf.estimator import config, model_fn
+from bwtf.estimator.runner import spec
 from bwtf.estimator.training import step_limit as _step_limit
 from bwtf.estimator.training.schedule import learning_rate
 
-_MODES = tf.estimator.ModeKeys
+_MODES = spec.ModeKeys
 # Small inputs keep graph construction cheap; each is the model's minimum or close.
 _SIZES = {"small_cnn": 32, "alexnet": 64, "resnet50": 32, "inception_v3": 75}
 _BATCH, _CLASSES = 2, 7

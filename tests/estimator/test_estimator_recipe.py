@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from bwtf.estimator import _flags, config, inputs, model_fn, models
 from bwtf.estimator.evaluation import runner
+from bwtf.estimator.runner import spec
 from estimator_helpers import run_train
 from bwtf.estimator.training.schedule import learning_rate
 
@@ -372,13 +373,13 @@ def test_cross_entropy_is_the_per_example_mean_whatever_the_batch(batch_size):
     assert values["precision_at_1"] == pytest.approx(np.mean(logits.argmax(axis=1) == labels))
 
 
-@pytest.mark.parametrize("mode", [tf.estimator.ModeKeys.EVAL, tf.estimator.ModeKeys.PREDICT])
+@pytest.mark.parametrize("mode", [spec.ModeKeys.EVAL, spec.ModeKeys.PREDICT])
 def test_evaluation_and_serving_compute_in_float32_under_bf16(mode, tmp_path):
     train_config = config.TrainConfig(model=config.ModelConfig("small_cnn", 10, 32), precision="bf16",
                                       model_dir=str(tmp_path))
     with tf.Graph().as_default() as graph:
         images = tf.random.uniform([4, 32, 32, 3], maxval=255.0)
-        labels = None if mode == tf.estimator.ModeKeys.PREDICT else tf.constant([1, 2, 3, 4], tf.int64)
+        labels = None if mode == spec.ModeKeys.PREDICT else tf.constant([1, 2, 3, 4], tf.int64)
         model_fn.model_fn(images, labels, mode, train_config)
         low_precision = [op.name for op in graph.get_operations()
                          if any(out.dtype in (tf.bfloat16, tf.float16) for out in op.outputs)]

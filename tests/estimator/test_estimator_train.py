@@ -8,6 +8,7 @@ import tensorflow as tf
 from bwtf import ckpt
 from bwtf.estimator import config, inputs, model_fn
 from bwtf.estimator.cluster import roles as cluster
+from bwtf.estimator.runner import spec as runner_spec
 from bwtf.estimator.training import task as train
 from estimator_helpers import run_train
 
@@ -143,7 +144,7 @@ def test_distributed_graph_saves_only_on_the_chief(tmp_path):
             ps_tasks=2, worker_device="/job:chief/task:0", cluster=spec)
         with tf.compat.v1.device(setter):
             estimator_spec = model_fn.model_fn(tf.zeros([2, 32, 32, 3]), tf.zeros([2], tf.int64),
-                                               tf.estimator.ModeKeys.TRAIN, train_config)
+                                               runner_spec.ModeKeys.TRAIN, train_config)
         estimator_spec.scaffold.finalize()
         devices = {op.type: op.device for op in graph.get_operations()}
         io_ops = [op for op in graph.get_operations()

@@ -1,13 +1,19 @@
 """Fixtures shared by every test area. Keep this file small and generic.
 
 * ``imagenet_samples_dir``: the real ImageNet sample JPEGs, read in place.
-* ``tf221_python``: a python with TensorFlow 2.21 and this checkout (made on first use).
+* ``tf221_python``: a python with TensorFlow 2.21 and this checkout (this one when the
+  suite runs under 2.21, else made on first use).
+* ``tf215_python``: this python when the suite runs under TensorFlow 2.15; the tests
+  that need both versions skip in the 2.21 suite (the 2.15 suite runs them both ways).
+* the ``launcher`` mark on every test in tests/launch and tests/test_readme.py
+  (CI's 2.21 pass leaves out their slow cases: ``-m "not (slow and launcher)"``).
 * ``digits_data_dir`` / ``digits_dataset_name``: a real-data TFDS dataset
   (scikit-learn's digits as an ILSVRC2012-layout archive), built once per session.
 """
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -83,6 +89,10 @@ def tf221_python():
     BWTF_EXTRAS=cpu-tf221,test bash scripts/install.sh`` (a few minutes, from
     the package registry; later runs reuse it).
     """
+    import bwtf
+
+    if bwtf.TENSORFLOW_LINE == "2.21":
+        return sys.executable
     python = os.environ.get("BWTF_TF221_PYTHON")
     if python:
         if not os.path.exists(python):
@@ -98,3 +108,24 @@ def tf221_python():
             pytest.fail(f"installing the TensorFlow 2.21 environment failed (exit {result.returncode}):\n"
                         f"{(result.stdout + result.stderr)[-3000:]}")
     return str(python)
+
+
+@pytest.fixture(scope="session")
+def tf215_python():
+    """This python, when it runs TensorFlow 2.15 (see the module docstring)."""
+    import bwtf
+
+    if bwtf.TENSORFLOW_LINE != "2.15":
+        pytest.skip("needs a TensorFlow 2.15 interpreter: the 2.15 suite (.venv) runs this case, "
+                    "starting the 2.21 interpreter itself")
+    return sys.executable
+
+
+_LAUNCHER_PATHS = (REPO_ROOT / "tests" / "launch", REPO_ROOT / "tests" / "test_readme.py")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        path = pathlib.Path(str(item.path))
+        if any(path == root or root in path.parents for root in _LAUNCHER_PATHS):
+            item.add_marker(pytest.mark.launcher)

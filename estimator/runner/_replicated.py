@@ -2,6 +2,7 @@
 
     with _replicated.strategy_scope(strategy):
         model_spec, input_hooks = _replicated.train_spec(strategy, call_model_fn, input_fn, params, config)
+        session = _replicated.monitored_session(model_spec, hooks, master, config, checkpoint_path)
 
 What ``tf.estimator`` did for ``train_distribute`` in graph mode, kept to
 what bwtf runs: one replica per worker process, every worker building the
@@ -17,6 +18,12 @@ same graph.
   the replicas' train ops grouped, the first replica's hooks, and a scaffold
   that keeps the model_fn's saver (bwtf's gathered saver), its
   ready-for-local-init op built inside the replica.
+* ``monitored_session`` is the session every worker trains in: each one
+  initialises its copy of the variables (the strategy broadcasts the chief's
+  initial values) or restores ``checkpoint_path``, which the caller chose
+  with bwtf's verified reader, so every replica starts from the same values;
+  only the chief runs the chief hooks and writes the step-rate and summary
+  events, as MonitoredTrainingSession's chief does.
 
 Deliberately left out: several replicas per worker (bwtf refuses to start
 that, see ``training.task``), in-graph replication, TPU loops.
@@ -108,3 +115,20 @@ def train_spec(strategy, call_model_fn, input_fn, params, config):
         training_hooks=_first_replica(strategy, grouped.training_hooks),
         training_chief_hooks=_first_replica(strategy, grouped.training_chief_hooks))
     return model_spec, hooks
+
+
+def monitored_session(model_spec, hooks, master, config, checkpoint_path):
+    """The training session of one worker under the strategy (see the module docstring)."""
+    all_hooks = list(hooks)
+    if config.is_chief:
+        all_hooks += list(model_spec.training_chief_hooks)
+        if config.log_step_count_steps:
+            all_hooks.append(tf.compat.v1.train.StepCounterHook(
+                every_n_steps=config.log_step_count_steps, output_dir=config.model_dir))
+        if config.save_summary_steps:
+            all_hooks.append(tf.compat.v1.train.SummarySaverHook(
+                save_steps=config.save_summary_steps, output_dir=config.model_dir, scaffold=model_spec.scaffold))
+    creator = tf.compat.v1.train.ChiefSessionCreator(
+        scaffold=model_spec.scaffold, master=master, config=config.session_config(),
+        checkpoint_filename_with_path=checkpoint_path)
+    return tf.compat.v1.train.MonitoredSession(session_creator=creator, hooks=all_hooks)

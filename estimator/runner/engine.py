@@ -33,19 +33,25 @@ TensorFlow 2.15 and 2.21):
   ``tf.compat.v1.saved_model.Builder`` into ``<export_dir_base>/<timestamp>``.
 
 Sessions use the Estimator's settings (soft placement, one meta-optimizer
-pass; in a cluster, device filters that keep a task's session to the ps tasks
-and itself), so a step costs what it costs under the Estimator.
+pass; in a ps cluster, device filters that keep a task's session to the ps
+tasks and itself; under a strategy, the strategy's own), so a step costs what
+it costs under the Estimator.
 
 With ``RunConfig.train_distribute`` (a MultiWorkerMirroredStrategy, one
 replica per worker) ``train`` builds the graph as Estimator built it under a
 between-graph strategy (``_replicated``): the session goes to the strategy's
-server with its config, and every worker initialises or restores its own copy
-of the variables while only the chief runs the chief hooks and summaries.
+server with its config, and every worker initialises its own copy of the
+variables, or restores it from the newest intact checkpoint (bwtf's verified
+reader, never TF's pointer, so the replicas start from the same values), while
+only the chief runs the chief hooks and summaries. Each worker verifies that
+checkpoint in full before deciding whether ``max_steps`` is already reached,
+so all of them decide alike.
 
 Deliberately left out: saving listeners, TPU, in-graph strategies, and
 prediction (``predict``).
 """
 import contextlib
+import copy
 import dataclasses
 import inspect
 import os
@@ -115,15 +121,15 @@ class RunConfig:
     def session_config(self):
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         config.graph_options.rewrite_options.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+        if self.train_distribute is not None:
+            # Its collective group leader, and a device filter of its own.
+            return self.train_distribute.update_config_proto(config)
         if self.is_distributed:
             # A task sees the ps tasks and itself only: a worker never waits for, or
             # places ops on, a task it does not need (the chief's saver device).
             own = "/job:chief" if self.task_type == "chief" else f"/job:{self.task_type}/task:{self.task_id}"
             config.device_filters.extend(["/job:ps", own])
             config.experimental.share_session_state_in_clusterspec_propagation = True
-        if self.train_distribute is not None:
-            # Its collective group leader, and a device filter of its own.
-            config = self.train_distribute.update_config_proto(config)
         return config
 
 
@@ -194,7 +200,9 @@ class Runner:
 
     def train(self, input_fn, max_steps, hooks=(), master=""):
         """Trains until the global step reaches ``max_steps`` (or a hook stops it); returns self."""
-        start_step = _ckpt_startup.saved_global_step(self.model_dir, full=self.config.is_chief)
+        # Under a strategy every worker must make the chief's decision: each verifies in full.
+        start_step = _ckpt_startup.saved_global_step(
+            self.model_dir, full=self.config.is_chief or self.config.train_distribute is not None)
         if start_step >= max_steps:
             _estimator_log("Skipping training since max_steps has already saved.")
             return self
@@ -228,18 +236,18 @@ class Runner:
         return self
 
     def _run_training(self, model_spec, hooks, master):
-        is_chief = self.config.is_chief
-        # Under a strategy every worker initialises (or restores) its own copy of
-        # the variables, as the chief does; only the chief saves and summarises.
-        initialises = is_chief or self.config.train_distribute is not None
-        session = tf.compat.v1.train.MonitoredTrainingSession(
-            master=master, is_chief=initialises, checkpoint_dir=self.model_dir,
-            scaffold=model_spec.scaffold, hooks=hooks,
-            chief_only_hooks=list(model_spec.training_chief_hooks) if is_chief else [],
-            save_checkpoint_secs=None, save_checkpoint_steps=None,
-            save_summaries_steps=self.config.save_summary_steps if is_chief else None, save_summaries_secs=None,
-            log_step_count_steps=self.config.log_step_count_steps if is_chief else None,
-            config=self.config.session_config(), max_wait_secs=7200)
+        if self.config.train_distribute is not None:
+            # Every worker restores the same verified checkpoint, whatever TF's pointer says.
+            session = _replicated.monitored_session(model_spec, hooks, master, self.config,
+                                                    _newest_checkpoint(self.model_dir))
+        else:
+            session = tf.compat.v1.train.MonitoredTrainingSession(
+                master=master, is_chief=self.config.is_chief, checkpoint_dir=self.model_dir,
+                scaffold=model_spec.scaffold, hooks=hooks, chief_only_hooks=list(model_spec.training_chief_hooks),
+                save_checkpoint_secs=None, save_checkpoint_steps=None,
+                save_summaries_steps=self.config.save_summary_steps, save_summaries_secs=None,
+                log_step_count_steps=self.config.log_step_count_steps, config=self.config.session_config(),
+                max_wait_secs=7200)
         loss = None
         with session:
             while not session.should_stop():
@@ -321,13 +329,22 @@ def train_distributed(runner, input_fn, max_steps, hooks=()):
     index + 1)`` (at most 60 s) first, as train_and_evaluate does, so the chief
     has usually initialised the variables. Under a strategy
     (``RunConfig.train_distribute``) the strategy's server is used and every
-    worker starts at once: each one's variables are initialised together.
+    worker starts at once: each one's variables are initialised together. As
+    TF's distribute coordinator did for Estimator, the graph is built with a
+    copy of the strategy configured for this task: with the strategy made in
+    eager mode itself, a worker's session took seconds to close, and a worker
+    whose chief had exited by then never finished.
     """
     config = runner.config
     if config.task_type not in ("chief", "worker") or not config.is_distributed:
         raise RunnerError(f"train_distributed runs a chief or worker of a cluster, not {config.task_type!r}")
     if config.train_distribute is not None:
         address = config.cluster_spec[config.task_type][config.task_id]
+        strategy = copy.deepcopy(config.train_distribute)
+        strategy.configure(config.session_config(), tf.train.ClusterSpec(config.cluster_spec), config.task_type,
+                           config.task_id)
+        runner = Runner(runner._model_fn, dataclasses.replace(config, train_distribute=strategy), runner.params,
+                        runner._warm_start)
         return runner.train(input_fn, max_steps, hooks=hooks, master=f"grpc://{address}")
     server = tf.distribute.Server(tf.train.ClusterSpec(config.cluster_spec), job_name=config.task_type,
                                   task_index=config.task_id, config=config.session_config(), start=True)

@@ -164,12 +164,15 @@ def _check_before_training(job, values):
 
     The chief checks its flags against the run record (or writes the record,
     before the first checkpoint), plans a warm start, and has every
-    checkpoint's manifest name the record's digest.
+    checkpoint's manifest name the record's digest. A collective worker plans
+    the same warm start (it writes nothing): each replica initialises its own
+    variables, and one that waited for the chief's initial values while the
+    chief restored them would wait forever.
     """
     if job.role.task_type != "evaluator":
         _check_walltime()
     if not job.role.is_chief:
-        return job
+        return _with_collective_warm_start(job, values)
     import tensorflow as tf
 
     exists = tf.io.gfile.isdir(job.train.model_dir)
@@ -189,6 +192,15 @@ def _check_before_training(job, values):
     # before Estimator or a worker reads them.
     latest = ckpt.take_ownership(job.train.model_dir)
     return _with_run_record(job, values, record if latest is not None else None)
+
+
+def _with_collective_warm_start(job, values):
+    source = values["train"].get("warm_start_from")
+    if not source or job.train.distribution != "collective" or job.role.task_type != "worker":
+        return job
+    if ckpt.latest_intact_checkpoint(job.train.model_dir) is not None:
+        return job  # the run resumes from its own checkpoint; so does the chief
+    return dataclasses.replace(job, warm_start=_warm_start.plan_warm_start(source, job.train))
 
 
 def _with_run_record(job, values, kept_record):
@@ -374,7 +386,8 @@ def _train(job, strategy=None):
     # reader (a worker checks sizes only; the chief has verified in full).
     # (bwtf's runner reads the verified reader itself.)
     if not _selection.use_bwtf_runner():
-        ckpt.install_estimator_step_reader(full=job.role.is_chief)
+        # Collective workers decide as the chief does, or one would wait for the others forever.
+        ckpt.install_estimator_step_reader(full=job.role.is_chief or strategy is not None)
     train_fn, eval_fn = _input_fns(job)
     estimator = _estimator(job.train, job.role, strategy, warm_start=job.warm_start)
     logging.info("engine: %s", "bwtf's runner" if isinstance(estimator, _runner.Runner) else "tf.estimator",

@@ -80,6 +80,8 @@ def test_gathered_checkpoints_with_readonly_ps_restore_on_other_layouts(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.skipif(not hasattr(tf, "estimator"), reason="TensorFlow's own sharded saver runs through tf.estimator, "
+                    "which 2.21 does not have (bwtf's runner makes no stock saver)")
 def test_tf_default_saver_fails_when_ps_cannot_write(tmp_path, local_cluster, readonly_for_ps):
     model_dir = tmp_path / "model"
     model_dir.mkdir()

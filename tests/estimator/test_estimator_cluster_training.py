@@ -121,6 +121,17 @@ def test_collective_workers_learn_the_digits_from_real_data_and_resume(tmp_path,
     assert precision >= 0.95, f"precision@1 {precision} after resuming: the workers did not restore step 500"
     assert ckpt.latest_intact_checkpoint(str(model_dir)).step == 540
 
+    # A warm start: every replica restores the source, or the worker would wait for the chief's initial values.
+    flags = [*digits_flags, f"--model_dir={tmp_path / 'warm'}", "--distribution=collective",
+             f"--warm_start_from={model_dir}", "--train_steps=40"]
+    warm = _run_cluster(tmp_path, "warm", flags, ps_count=0, worker_count=2)
+    _assert_all_exited_cleanly(warm)
+    for log in (warm["chief"][1], tmp_path / "warm" / "logs" / "worker-0.log"):
+        text = log if isinstance(log, str) else log.read_text()
+        assert re.search(r"warm start from \S+ckpt-540\S* \(step 540\): restoring (\d+) of \1 variables", text)
+    precision = float(re.search(r"final precision@1 ([\d.]+)", warm["chief"][1]).group(1))
+    assert precision >= 0.9, f"precision@1 {precision} 40 steps after warm-starting from a 0.95+ model"
+
 
 def run_eval_json(tmp_path, model_dir):
     log_path = tmp_path / "eval.log"

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -90,7 +89,7 @@ def _check_one_step(model_dir, values):
 def test_sync_replicas_checkpoints_hold_one_step(tmp_path, request, tensorflow):
     """fp16: the dynamic loss scaling's own variables are updated inside the gate too.
     On 2.21 the same model_fn runs through bwtf's runner without tf.estimator."""
-    python = sys.executable if tensorflow == "2.15" else request.getfixturevalue("tf221_python")
+    python = request.getfixturevalue("tf215_python" if tensorflow == "2.15" else "tf221_python")
     values = _replay(python, "fp16")
     model_dir, outputs = _train(python, tmp_path, "fp16")
     steps = _check_one_step(model_dir, values)

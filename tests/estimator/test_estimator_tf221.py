@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -74,8 +73,8 @@ def _roundtrip(writer, reader, folder):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("direction", ["2.15 writes, 2.21 restores", "2.21 writes, 2.15 restores"])
-def test_checkpoint_restores_across_tensorflow_versions(tmp_path, direction, tf221_python):
-    this, other = sys.executable, tf221_python
+def test_checkpoint_restores_across_tensorflow_versions(tmp_path, direction, tf215_python, tf221_python):
+    this, other = tf215_python, tf221_python
     writer, reader = (this, other) if direction.startswith("2.15") else (other, this)
     _roundtrip(writer, reader, tmp_path)
 

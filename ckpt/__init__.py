@@ -22,6 +22,9 @@ Public API (import as ``from bwtf import ckpt``)::
     ckpt.install_estimator_step_reader(full=True)
         every training task, before Estimator.train: its "max_steps already
         saved" decision reads the newest intact checkpoint, not the pointer.
+    ckpt.final_checkpoint_step(model_dir, train_steps) -> int | None
+        a worker: the step of an intact checkpoint (verified in full) at or
+        past train_steps, i.e. the chief has finished; quiet; None if unreadable.
     ckpt.repair_pointers(model_dir) -> CheckpointRef | None
     ckpt.resolve_checkpoint(path) -> CheckpointRef | None
         a model_dir (newest intact), ckpt-<N> dir or prefix inside one,
@@ -110,6 +113,7 @@ _LAZY = {
     "repair_pointers": "bwtf.ckpt.commit",
     "take_ownership": "bwtf.ckpt.startup",
     "install_estimator_step_reader": "bwtf.ckpt.startup",
+    "final_checkpoint_step": "bwtf.ckpt.startup",
     "CheckpointPolicy": "bwtf.ckpt.policy",
     "CheckpointError": "bwtf.ckpt.errors",
     "WalltimeEnvError": "bwtf.ckpt.errors",

@@ -12,6 +12,11 @@ may read it before the chief has repaired it. This replaces that decision
 with the verified reader: the global step of the newest intact checkpoint.
 A model_dir without bwtf checkpoints keeps Estimator's own reading. bwtf's
 own runner makes the same decision through ``saved_global_step``.
+
+A worker (``final_checkpoint_step``): whether the chief has already saved the
+checkpoint at ``--train_steps``, asked before it starts and while its chief is
+unreachable, so a worker that comes too late ends with 0 instead of waiting
+for a chief that has finished.
 """
 from bwtf.ckpt import commit
 from bwtf.ckpt import fence
@@ -41,6 +46,28 @@ def saved_global_step(model_dir, full=True, stock=None):
     if commit.candidate_names(store):
         return verified_global_step(store, full=full)
     return (stock or _stock_global_step)(model_dir)
+
+
+def final_checkpoint_step(model_dir, train_steps):
+    """The step of an intact checkpoint at or past ``train_steps``, or None.
+
+    Verified in full, as the chief verifies before it decides to skip training
+    (the checksums are read once per checkpoint, see commit._VERIFIED), and
+    only such checkpoints are looked at, so asking while none exists costs a
+    listing. Nothing is logged: a worker asks every few seconds while its
+    chief is unreachable. A model_dir that cannot be read (an OSError, or any
+    error of a remote filesystem's client) counts as not finished.
+    """
+    store = commit.as_storage(model_dir)
+    try:
+        steps = [s for s in map(commit.step_of, commit.candidate_names(store)) if s is not None]
+        for step in sorted((s for s in steps if s >= train_steps), reverse=True):
+            if commit.check(store, store.path(f"ckpt-{step}"), full=True).intact:
+                return step
+    except Exception:  # pylint: disable=broad-except
+        # gcsfs raises HttpError (not an OSError) for a throttled or failing request.
+        return None
+    return None
 
 
 def _stock_global_step(model_dir):

@@ -1,4 +1,5 @@
-"""TensorFlow 2.21's C++ start-up notices, kept off the console when TF_CPP_MIN_LOG_LEVEL asks for that.
+"""TensorFlow 2.21's first import: its C++ start-up notices kept off the console when
+TF_CPP_MIN_LOG_LEVEL asks for that, and scikit-learn left out in bwtf's programs.
 
 TensorFlow 2.21 logs through absl before absl's logging is initialized, and
 what it logs then ignores ``TF_CPP_MIN_LOG_LEVEL``: every process prints
@@ -8,8 +9,8 @@ tensorflow`` runs (TensorFlow 2.15 honours the variable). A localhost job of
 four tasks put 16 such lines among bwtf's own.
 
 ``install(line)`` (called by ``bwtf/__init__.py``) does nothing unless the
-installed TensorFlow is 2.21 and ``TF_CPP_MIN_LOG_LEVEL`` is 1 or more. Then
-the first ``import tensorflow`` writes its file-descriptor-level stderr into a
+installed TensorFlow is 2.21. The filter works when ``TF_CPP_MIN_LOG_LEVEL``
+is 1 or more: the first ``import tensorflow`` writes its file-descriptor-level stderr into a
 pipe read by a small helper process (this file run as a script), which
 passes each line on to the real stderr as it arrives, except the lines the
 level filters: absl-format C++ log lines of a lower severity (``I...`` at 1,
@@ -21,9 +22,17 @@ for, a scheduler's kill), the helper still drains the pipe, so TensorFlow's
 fatal line and a faulthandler dump reach the console. If the helper cannot
 start, the import runs unfiltered.
 
+In bwtf's own programs (``python -m bwtf.…`` or a ``bwtf-*`` console
+script) the same first import also runs with scikit-learn hidden: Keras 3,
+which TensorFlow 2.21 imports with itself, imports scikit-learn when it is
+installed (the demo and test extras install it) for wrappers bwtf never
+uses, a second of CPU at every task's start, a sixth of the import. It is
+hidden for that import only; ``import sklearn`` afterwards works as usual.
+A user's own program that imports bwtf keeps Keras as it is.
+
 Deliberately left out: anything printed after the import (a process-wide
 filter would put a process between every task and its console), and
-TensorFlow 2.15, which filters by itself.
+TensorFlow 2.15, which filters by itself and imports no scikit-learn.
 """
 import contextlib
 import importlib.abc
@@ -129,12 +138,29 @@ def _stderr_filtered(level):
             helper.wait(timeout=_HELPER_DRAIN_SECS)
 
 
-class _FilteredLoader(importlib.abc.Loader):
-    """Runs TensorFlow's own loader with stderr filtered; gives the module back its real loader."""
+@contextlib.contextmanager
+def _scikit_learn_hidden():
+    """``import sklearn`` fails inside the block (Keras then leaves its
+    wrappers out), unless it was imported before; afterwards it works."""
+    if "sklearn" in sys.modules:
+        yield
+        return
+    sys.modules["sklearn"] = None
+    try:
+        yield
+    finally:
+        if "sklearn" in sys.modules and sys.modules["sklearn"] is None:
+            del sys.modules["sklearn"]
 
-    def __init__(self, loader, level):
+
+class _FirstImportLoader(importlib.abc.Loader):
+    """Runs TensorFlow's own loader with stderr filtered (level 1 to 3) and
+    scikit-learn hidden (if asked); gives the module back its real loader."""
+
+    def __init__(self, loader, level, hide_scikit_learn):
         self._loader = loader
         self._level = level
+        self._hide_scikit_learn = hide_scikit_learn
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -144,17 +170,19 @@ class _FilteredLoader(importlib.abc.Loader):
         module.__loader__ = self._loader
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self._loader
-        with _stderr_filtered(self._level):
+        with _stderr_filtered(self._level) if self._level >= 1 else contextlib.nullcontext(), \
+                _scikit_learn_hidden() if self._hide_scikit_learn else contextlib.nullcontext():
             self._loader.exec_module(module)
 
 
 class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` as the other finders do, with a filtering loader,
+    """Finds ``tensorflow`` as the other finders do, with the loader above,
     until it is imported (a mere ``importlib.util.find_spec`` probe, as TFDS
     makes, does not use the hook up)."""
 
-    def __init__(self, level):
+    def __init__(self, level, hide_scikit_learn):
         self._level = level
+        self._hide_scikit_learn = hide_scikit_learn
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "tensorflow" or fullname in sys.modules:
@@ -162,7 +190,7 @@ class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        spec.loader = _FilteredLoader(spec.loader, self._level)
+        spec.loader = _FirstImportLoader(spec.loader, self._level, self._hide_scikit_learn)
         return spec
 
 
@@ -170,13 +198,37 @@ def _uninstall():
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FirstTensorFlowImport)]
 
 
-def install(tensorflow_line, environ=None):
-    """Filters the first ``import tensorflow`` (see the module docstring); True if installed."""
+def is_bwtf_program(argv=None, orig_argv=None):
+    """True in a process that runs a bwtf program: a ``bwtf-*`` console script
+    or ``python -m bwtf.…`` (whose sys.argv[0] is still "-m" while bwtf is
+    imported, hence sys.orig_argv)."""
+    argv = sys.argv if argv is None else argv
+    orig_argv = getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv
+    if argv and os.path.basename(argv[0] or "").startswith("bwtf-"):
+        return True
+    # The interpreter's own options come first; -X and -W take the next word.
+    words = iter(orig_argv[1:])
+    for word in words:
+        if word == "-m":
+            return next(words, "").startswith("bwtf.")
+        if word in ("-X", "-W"):
+            next(words, None)
+        elif not word.startswith("-") or word == "-c":
+            return False  # a script (its own argv[0]) or a command
+    return False
+
+
+def install(tensorflow_line, environ=None, program=None):
+    """Hooks the first ``import tensorflow`` (see the module docstring); True if hooked.
+
+    ``program``: whether this process runs a bwtf program (default: is_bwtf_program()).
+    """
     level = _min_level(os.environ if environ is None else environ)
-    if tensorflow_line != "2.21" or level < 1 or "tensorflow" in sys.modules:
+    hide_scikit_learn = is_bwtf_program() if program is None else program
+    if tensorflow_line != "2.21" or (level < 1 and not hide_scikit_learn) or "tensorflow" in sys.modules:
         return False
     if not any(isinstance(finder, _FirstTensorFlowImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _FirstTensorFlowImport(level))
+        sys.meta_path.insert(0, _FirstTensorFlowImport(level, hide_scikit_learn))
     return True
 
 

@@ -6,7 +6,7 @@
 * ``tf215_python``: this python when the suite runs under TensorFlow 2.15; the tests
   that need both versions skip in the 2.21 suite (the 2.15 suite runs them both ways).
 * the ``launcher`` mark on every test in tests/launch and tests/test_readme.py
-  (CI's 2.21 pass leaves out their slow cases: ``-m "not (slow and launcher)"``).
+  (CI's 2.21 pass leaves them out: ``-m "not launcher"``).
 * ``digits_data_dir`` / ``digits_dataset_name``: a real-data TFDS dataset
   (scikit-learn's digits as an ILSVRC2012-layout archive), built once per session.
 """

@@ -69,18 +69,25 @@ def accepts_connections(address, timeout_secs=1.0):
         return False
 
 
-def wait_for_peers(addresses, timeout_secs, poll_secs=1.0, clock=time.monotonic, sleep=time.sleep):
+def wait_for_peers(addresses, timeout_secs, poll_secs=1.0, clock=time.monotonic, sleep=time.sleep,
+                   done=None):
     """Returns once every address accepts connections; PeersUnreachableError after ``timeout_secs``.
 
     Each wait is a short Python sleep, so a SIGTERM (or SIGINT) ends the
     process at once instead of being held up by a blocked C++ call.
+    ``done()``, when given, is asked between tries: whatever it returns other
+    than None ends the wait and is returned (a worker whose job finished
+    while it waited for peers that have exited).
     """
     deadline = clock() + timeout_secs
     waiting = list(addresses)
     while True:
         waiting = [address for address in waiting if not accepts_connections(address)]
         if not waiting:
-            return
+            return None
+        outcome = done() if done is not None else None
+        if outcome is not None:
+            return outcome
         if clock() >= deadline:
             raise PeersUnreachableError(
                 f"no answer from {', '.join(waiting)} after {timeout_secs:g} s; check that those tasks "

@@ -196,7 +196,42 @@ def notify_chief_done(role, exit_status=0, *, timeout_secs=30.0):
     return notified
 
 
-def start_worker_watchdog(role, *, chief_timeout_secs=60.0, poll_secs=2.0):
+def _exit_now(status):
+    logging.flush()
+    os._exit(status)  # The main thread is blocked inside TensorFlow.
+
+
+class FinishedProbe:
+    """Asks ``finished()`` (the step of the chief's final checkpoint, or None)
+    in a thread of its own, so that a stalled filesystem (a hung NFS mount, a
+    GCS client retrying) cannot hold up the caller: ``poll`` waits at most
+    ``wait_secs`` and returns the last answer. Once a step was seen it stays.
+    A ``finished`` that raises counts as None: an unreadable model_dir
+    proves nothing."""
+
+    def __init__(self, finished):
+        self._finished = finished
+        self._thread = None
+        self._step = None
+
+    def poll(self, wait_secs):
+        if self._step is None and (self._thread is None or not self._thread.is_alive()):
+            self._thread = threading.Thread(target=self._ask, name="bwtf-finished-probe", daemon=True)
+            self._thread.start()
+        if self._thread is not None:
+            self._thread.join(wait_secs)
+        return self._step
+
+    def _ask(self):
+        try:
+            step = self._finished()
+        except Exception:  # pylint: disable=broad-except
+            step = None
+        if step is not None:
+            self._step = step
+
+
+def start_worker_watchdog(role, *, chief_timeout_secs=60.0, poll_secs=2.0, finished=None):
     """Ends this worker process once the chief has vanished; returns the daemon thread.
 
     A worker whose ps restarted rebuilds its session and waits for the chief to
@@ -205,17 +240,31 @@ def start_worker_watchdog(role, *, chief_timeout_secs=60.0, poll_secs=2.0):
     walltime. The watchdog applies the ps rule to workers: the chief seen and
     then unreachable for ``chief_timeout_secs`` ends the process with
     EXIT_CHIEF_VANISHED, logged. A chief restarted within the timeout is fine.
+
+    ``finished()``, when given, returns the step of an intact checkpoint at or
+    past ``--train_steps``, or None; it is asked (through a FinishedProbe)
+    only while the chief is unreachable, never ending a worker whose chief is
+    up. A chief gone after that save has finished the job (a worker that was
+    still starting then waits on parameter servers that have exited too), so
+    the process ends at once with 0, logged.
     """
     watch = _ChiefWatch(_chief_address(role.cluster_spec), chief_timeout_secs, float("inf"))
+    probe = FinishedProbe(finished) if finished is not None else None
 
     def watch_chief():
         while True:
-            reason = watch.vanished_reason(accepts_connections(watch.address))
+            reachable = accepts_connections(watch.address)
+            step = None if reachable or probe is None else probe.poll(poll_secs)
+            if step is not None:
+                logging.info("%s:%d ends with 0: the chief has gone and the checkpoint at step %d (at or past "
+                             "--train_steps) is intact, so the job is done; nothing is left for this worker "
+                             "to train", role.task_type, role.task_id, step)
+                _exit_now(0)
+            reason = watch.vanished_reason(reachable)
             if reason:
-                logging.error("%s:%d exits with %d: %s", role.task_type, role.task_id,
-                              EXIT_CHIEF_VANISHED, reason)
-                logging.flush()
-                os._exit(EXIT_CHIEF_VANISHED)  # The main thread is blocked inside TensorFlow.
+                logging.error("%s:%d exits with %d: %s", role.task_type, role.task_id, EXIT_CHIEF_VANISHED,
+                              reason)
+                _exit_now(EXIT_CHIEF_VANISHED)
             time.sleep(poll_secs)
 
     thread = threading.Thread(target=watch_chief, name="bwtf-chief-watchdog", daemon=True)

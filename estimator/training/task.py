@@ -6,7 +6,9 @@ through ``tf.estimator.train_and_evaluate``, or through bwtf's runner when
 ``bwtf.estimator.runner.selection`` picks it (TensorFlow 2.16+, or
 ``BWTF_RUNNER=bwtf``) (the chief saves checkpoints through
 ``bwtf.ckpt`` only, and evaluates the final checkpoint; a worker stops with the
-chief on SIGTERM/SIGUSR1 and ends itself if the chief vanishes);
+chief on SIGTERM/SIGUSR1 and ends itself if the chief vanishes, with 0 at
+once if the chief had saved the checkpoint at ``--train_steps``, and a ps
+worker that starts after that checkpoint exists skips training);
 ``evaluator`` runs ``bwtf.estimator.evaluation.runner.evaluate_continuously``:
 each new intact checkpoint once (skipped ones named), a history file under
 ``<model_dir>/eval_<split>/`` so a restart repeats nothing, and an exit of its
@@ -29,6 +31,7 @@ the other tasks (``bwtf-launch``), one-shot evaluation and export.
 """
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from typing import Optional
@@ -423,20 +426,45 @@ def _run_evaluator(job):
     return 0 if outcome.reason == "final" else 1
 
 
+def _wait_for_peers(job, finished=None):
+    """Waits until every peer answers (TF's session would wait for them in C++,
+    forever and deaf to SIGTERM); returns None then.
+
+    A ps worker passes ``finished``: if the chief's final checkpoint is there
+    before or during the wait, its step is returned instead (a worker that
+    starts after the chief and the ps tasks have finished would wait for
+    tasks that have exited). A collective worker decides with the chief, in
+    _train.
+    """
+    final_step = finished() if finished is not None else None
+    if final_step is not None or not job.role.is_distributed:
+        return final_step
+    done = None
+    if finished is not None:
+        probe = _ps_lifecycle.FinishedProbe(finished)
+        done = functools.partial(probe.poll, 0.2)
+    return ports.wait_for_peers(_peer_addresses(job.role), job.peer_timeout_secs, done=done)
+
+
 def _run_chief_or_worker(job, strategy=None):
     # A collective strategy has started this task's server already (its port was checked then).
     if job.role.is_distributed and job.role.address and strategy is None:
         ports.ensure_port_free(job.role.address)
-    if job.role.is_distributed:
-        # TF's session would wait for them in C++, forever and deaf to SIGTERM.
-        ports.wait_for_peers(_peer_addresses(job.role), job.peer_timeout_secs)
-    if job.role.task_type == "worker" and job.role.num_ps:
+    finished = functools.partial(ckpt.final_checkpoint_step, job.train.model_dir, job.train.train_steps)
+    ps_worker = job.role.task_type == "worker" and job.role.num_ps
+    final_step = _wait_for_peers(job, finished if ps_worker else None)
+    if final_step is not None:
+        logging.info("Skipping training: ckpt-%d is intact and at or past --train_steps=%d, so the chief "
+                     "has finished.", final_step, job.train.train_steps)
+        return 0
+    if ps_worker:
         # Under srun/mpiexec nothing else ends a worker stuck after the chief finished.
-        _ps_lifecycle.start_worker_watchdog(job.role)
+        _ps_lifecycle.start_worker_watchdog(job.role, finished=finished)
     elif job.role.task_type == "worker" and strategy is not None:
         # A collective worker whose chief died retries its all-reduce forever;
         # no restarted chief can rejoin the ring, so there is nothing to wait for.
-        _ps_lifecycle.start_worker_watchdog(job.role, chief_timeout_secs=_COLLECTIVE_CHIEF_TIMEOUT_SECS)
+        _ps_lifecycle.start_worker_watchdog(job.role, chief_timeout_secs=_COLLECTIVE_CHIEF_TIMEOUT_SECS,
+                                            finished=finished)
     if not (job.role.is_chief and job.role.num_ps):
         return _train(job, strategy)
     status = 1

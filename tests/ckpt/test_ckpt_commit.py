@@ -133,6 +133,35 @@ def test_damaged_newest_is_skipped_with_reason(model_dir, how, reason, caplog):
         ckpt.verify_checkpoint(ref.directory.replace("ckpt-1", "ckpt-2"))
 
 
+def test_a_worker_sees_the_final_checkpoint_only_once_it_is_intact(model_dir, caplog, monkeypatch):
+    """final_checkpoint_step: a checkpoint at or past --train_steps that
+    verifies in full (as the chief decides), quietly; one truncated, with a
+    flipped byte, below the limit or not yet there is not it."""
+    assert ckpt.final_checkpoint_step(model_dir, 37) is None  # No model_dir yet.
+    write_fake_checkpoint(model_dir, 30)
+    assert ckpt.final_checkpoint_step(model_dir, 37) is None
+    store = commit.as_storage(model_dir)
+    write_fake_checkpoint(model_dir, 37)
+    _damage(store, 37, "truncated data")
+    write_fake_checkpoint(model_dir, 38)
+    _damage(store, 38, "flipped byte")  # The sizes are right: only the checksum tells.
+    caplog.clear()
+    assert ckpt.final_checkpoint_step(model_dir, 37) is None
+    assert caplog.text == ""  # Polled every few seconds: it logs nothing.
+    write_fake_checkpoint(model_dir, 40)
+    write_fake_checkpoint(model_dir, 41)
+    _damage(store, 41, "missing data")
+    assert ckpt.final_checkpoint_step(model_dir, 37) == 40  # The newest intact one past the limit.
+    assert ckpt.final_checkpoint_step(model_dir, 40) == 40
+    assert ckpt.final_checkpoint_step(model_dir, 42) is None
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("503 Service Unavailable")  # As gcsfs's HttpError: not an OSError.
+
+    monkeypatch.setattr(commit, "candidate_names", refuse)
+    assert ckpt.final_checkpoint_step(model_dir, 37) is None
+
+
 def _rewrite_manifest(store, step, change):
     path = store.path(f"ckpt-{step}", "MANIFEST.json")
     manifest = json.loads(store.read_bytes(path))

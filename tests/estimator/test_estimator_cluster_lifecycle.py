@@ -116,3 +116,40 @@ def test_a_sync_replicas_chief_does_not_wait_out_its_blocked_queue_runner(tmp_pa
     assert "Coordinator stopped with threads still running" not in results["worker0"][1]
     assert "done: 20 steps (20 this run)" in results["worker0"][1]
     assert ckpt.latest_intact_checkpoint(str(model_dir)).step == 20
+
+
+@pytest.mark.timeout(360)
+def test_workers_that_come_after_the_chief_has_finished_end_with_0(tmp_path):
+    """Under --sync_replicas the chief can train alone; a worker still starting
+    when it finishes (held here with SIGSTOP past its step check) found the ps
+    gone and exited 70 after 60 s. It ends with 0 once it runs again, saying
+    why; a worker that starts after the whole job skips training without
+    waiting for its peers."""
+    model_dir = tmp_path / "run"
+    flags = [*_SYNTHETIC, f"--model_dir={model_dir}", "--train_steps=200", "--batch_size=2",
+             "--save_checkpoints_steps=1000", "--sync_replicas", "--peer_timeout_secs=60", *_classic_flags(3)]
+    tasks = _start(tmp_path, "late", flags, [("ps", 0), ("worker", 0), ("worker", 1)])
+    (chief, chief_log), (worker, worker_log) = tasks["worker0"], tasks["worker1"]
+    _wait_for(chief_log, chief, "/200 loss")  # Initialised and training, alone.
+    chief.send_signal(signal.SIGSTOP)
+    try:
+        _wait_for(worker_log, worker, "trainable parameters")  # Past its step check.
+        worker.send_signal(signal.SIGSTOP)
+    finally:
+        chief.send_signal(signal.SIGCONT)
+    try:
+        for task in ("worker0", "ps0"):
+            code, log = finish(*tasks[task], 240)
+            assert code == 0, f"{task} exited with {code}:\n{log[-3000:]}"
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    start = time.monotonic()
+    code, log = finish(worker, worker_log, 90)
+    assert code == 0, log[-3000:]
+    assert "worker:0 ends with 0: the chief has gone and the checkpoint at step 200" in log
+    assert time.monotonic() - start < 30, "the worker waited for the chief timeout"
+    later = _start(tmp_path, "later", flags, [("worker", 2)])
+    code, log = finish(*later["worker2"], 120)
+    assert code == 0, log[-3000:]
+    assert "Skipping training: ckpt-200 is intact and at or past --train_steps=200" in log
+    assert ckpt.latest_intact_checkpoint(str(model_dir)).step == 200

@@ -153,18 +153,26 @@ def _manifest_step(model_dir, step):
 def test_train_steps_n_ends_with_ckpt_n_however_many_workers_race(tmp_path, mode):
     """Four training tasks on one ps race for the last steps: the run ends with ckpt-N,
     whose name, manifest and stored global_step all say N; a rerun with the same flags
-    trains nothing and still ends at N, and a longer rerun ends exactly at its new N."""
+    trains nothing and still ends at N, and a longer rerun ends exactly at its new N
+    (the chief trains those 24 steps alone, before the workers' start delay is over)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     model_dir = str(tmp_path / "run")
     extra = ["--sync_replicas"] if mode == "sync_replicas" else []
-    # Tiny steps, checked every step: the workers' runs overlap the chief's last one.
+    # Tiny steps, checked every step. Workers start 5 s apart (as in train_and_evaluate),
+    # so the first run is long enough (about 20 s here; a synchronous step takes four
+    # gradients) that they join the chief before its last steps.
+    first = 1200 if mode == "async" else 150
     flags = [*_SYNTHETIC, f"--model_dir={model_dir}", "--distribution=ps", "--batch_size=2",
-             "--save_checkpoints_steps=1000", *extra]
-    for steps in (37, 37, 61):
-        results = _run_cluster(tmp_path, f"race-{steps}", [*flags, f"--train_steps={steps}"],
+             "--save_checkpoints_steps=100000", *extra]
+    for round_index, steps in enumerate((first, first, first + 24)):
+        results = _run_cluster(tmp_path, f"race-{round_index}", [*flags, f"--train_steps={steps}"],
                                ps_count=1, worker_count=4, timeout=600)
         _assert_all_exited_cleanly(results)
+        if round_index == 0:
+            worker_log = (tmp_path / "run" / "logs" / "worker-0.log").read_text()
+            assert re.search(r"this task trained [1-9]\d* steps", worker_log), \
+                f"worker 0 trained no step before the chief finished:\n{worker_log[-2000:]}"
         latest = ckpt.latest_intact_checkpoint(model_dir)
         assert latest.step == steps, [s.step for s in ckpt.list_checkpoints(model_dir)]
         assert max(s.step for s in ckpt.list_checkpoints(model_dir)) == steps
@@ -175,4 +183,5 @@ def test_train_steps_n_ends_with_ckpt_n_however_many_workers_race(tmp_path, mode
     code, log = run_eval_json(tmp_path, model_dir)
     assert code == 0, log[-3000:]
     record = json.loads((tmp_path / "eval.json").read_text())
-    assert record["global_step"] == 61 and record["checkpoint"].endswith("/ckpt-61/model.ckpt-61")
+    last = first + 24
+    assert record["global_step"] == last and record["checkpoint"].endswith(f"/ckpt-{last}/model.ckpt-{last}")

@@ -54,7 +54,59 @@ def test_tf_cpp_min_log_level_is_read_as_tensorflow_reads_it(value, expected):
     (None, {"TF_CPP_MIN_LOG_LEVEL": "1"}),
 ])
 def test_nothing_is_filtered_unless_asked_on_2_21(line, environ):
-    assert not _tf_notices.install(line, environ)
+    assert not _tf_notices.install(line, environ, program=False)
+
+
+@pytest.mark.parametrize("argv, orig_argv, expected", [
+    (["-m"], ["python", "-X", "importtime", "-m", "bwtf.estimator.train", "--model=x"], True),
+    (["/venv/bin/bwtf-train", "--model=x"], ["python", "/venv/bin/bwtf-train", "--model=x"], True),
+    (["-c"], ["python", "-c", "import bwtf"], False),
+    (["my_train.py"], ["python", "my_train.py", "-m", "bwtf.x"], False),
+    (["-m"], ["python", "-m", "pytest", "tests"], False),
+    ([""], ["python"], False),
+])
+def test_bwtf_programs_are_told_from_other_programs(argv, orig_argv, expected):
+    assert _tf_notices.is_bwtf_program(argv, orig_argv) is expected
+
+
+def test_scikit_learn_is_hidden_for_the_block_only():
+    """Inside the block ``import sklearn`` fails as if it were not installed (Keras's
+    wrappers then leave it out); after it, it imports as usual."""
+    program = (
+        "from bwtf.estimator import _tf_notices\n"
+        "with _tf_notices._scikit_learn_hidden():\n"
+        "    try:\n"
+        "        import sklearn\n"
+        "        print('inside: imported')\n"
+        "    except ImportError:\n"
+        "        print('inside: hidden')\n"
+        "import sklearn.base\n"
+        "print('after:', sklearn.base.BaseEstimator.__name__)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["inside: hidden", "after: BaseEstimator"]
+
+
+def _imported(tf221_python, args):
+    """{module: cumulative import microseconds} of a 2.21 process (python -X importtime)."""
+    result = subprocess.run([tf221_python, "-X", "importtime", *args], capture_output=True, text=True,
+                            timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|") for line in result.stderr.splitlines() if line.startswith("import time:")]
+    return {row[2].strip(): int(row[1]) for row in rows if row[1].strip().isdigit()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_bwtf_program_imports_tensorflow_2_21_without_scikit_learn(tf221_python):
+    """Keras 3 imports scikit-learn with TensorFlow 2.21 when it is installed (the
+    test extra installs it), for a second of CPU: not in a bwtf program; a user's
+    own program that imports bwtf keeps Keras as it is."""
+    program = _imported(tf221_python, ["-m", "bwtf.estimator.train", "--help"])
+    user = _imported(tf221_python, ["-c", "import bwtf, tensorflow"])
+    assert "tensorflow" in program and "tensorflow" in user
+    assert "sklearn.base" in user
+    assert "sklearn.base" not in program
 
 
 def _run_filtered_block(body):

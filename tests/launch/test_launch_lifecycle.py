@@ -7,9 +7,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
+from bwtf.estimator.cluster import ports
 from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
 
 
@@ -75,11 +77,16 @@ def test_ensure_port_free_names_the_taken_port():
     _ps_lifecycle.ensure_port_free(f"localhost:{port}")  # Free again once released.
 
 
-@pytest.mark.timeout(60)
-def test_worker_watchdog_ends_a_stuck_worker_once_the_chief_has_vanished():
-    program = textwrap.dedent("""
+def _run_watchdog(finished, chief_timeout_secs, chief_secs=0.5):
+    """A worker process whose chief listens for ``chief_secs`` and then goes;
+    ``finished`` is the source of the watchdog's ``finished`` argument.
+    Returns (result, seconds from the start to the worker's end)."""
+    program = textwrap.dedent(f"""
         import dataclasses, socket, time
+        from absl import logging
         from bwtf.estimator.cluster import ps_lifecycle as _ps_lifecycle
+
+        logging.set_verbosity(logging.INFO)  # As bwtf-train sets it.
 
         @dataclasses.dataclass
         class Role:
@@ -88,14 +95,80 @@ def test_worker_watchdog_ends_a_stuck_worker_once_the_chief_has_vanished():
             cluster_spec: dict
 
         chief = socket.create_server(("", 0))
-        role = Role("worker", 0, {"chief": [f"localhost:{chief.getsockname()[1]}"]})
-        _ps_lifecycle.start_worker_watchdog(role, chief_timeout_secs=1, poll_secs=0.1)
-        time.sleep(0.5)
+        role = Role("worker", 0, {{"chief": [f"localhost:{{chief.getsockname()[1]}}"]}})
+        _ps_lifecycle.start_worker_watchdog(role, chief_timeout_secs={chief_timeout_secs}, poll_secs=0.1,
+                                            finished={finished})
+        time.sleep({chief_secs})
         chief.close()
-        time.sleep(30)  # Stands for a session that waits forever for a ps.
+        time.sleep(40)  # Stands for a session that waits forever for a ps.
         print("not stopped")
     """)
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=50)
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=55)
+    return result, time.monotonic() - start
+
+
+@pytest.mark.timeout(60)
+def test_worker_watchdog_ends_a_stuck_worker_once_the_chief_has_vanished():
+    result, _ = _run_watchdog("None", chief_timeout_secs=1)
     assert result.returncode == _ps_lifecycle.EXIT_CHIEF_VANISHED
     assert "worker:0 exits with 70" in result.stderr and "stopped accepting connections" in result.stderr
     assert "not stopped" not in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_worker_watchdog_ends_a_worker_with_0_once_the_chief_has_finished_and_gone():
+    """The chief saved its final checkpoint and exited: the worker ends at once
+    (not after the 30 s chief timeout) with 0, saying why."""
+    result, secs = _run_watchdog("lambda: 37", chief_timeout_secs=30)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert secs < 25, f"the worker took {secs:.0f} s: it waited for the chief timeout"
+    assert ("worker:0 ends with 0: the chief has gone and the checkpoint at step 37 (at or past --train_steps) "
+            "is intact") in result.stderr
+    assert "not stopped" not in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_worker_watchdog_still_ends_with_70_when_the_finished_check_fails():
+    """A model_dir that cannot be read proves nothing: the watchdog keeps
+    running and ends the worker with 70 after the timeout."""
+    result, _ = _run_watchdog("lambda: 1 / 0", chief_timeout_secs=1)
+    assert result.returncode == _ps_lifecycle.EXIT_CHIEF_VANISHED, result.stderr[-2000:]
+    assert "worker:0 exits with 70" in result.stderr
+    assert "not stopped" not in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_worker_watchdog_never_ends_a_worker_whose_chief_is_up():
+    """The final checkpoint is there from the start, but the chief is up for
+    4 s (evaluating it, say): the worker is ended only after the chief has gone."""
+    result, secs = _run_watchdog("lambda: 37", chief_timeout_secs=30, chief_secs=4)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert secs >= 4, f"the worker was ended after {secs:.1f} s, while its chief was up"
+    assert "not stopped" not in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_worker_watchdog_ends_with_70_even_when_the_finished_check_hangs():
+    """A model_dir on a stalled mount (the check never returns) must not keep
+    the watchdog from ending the worker once the chief timeout has passed."""
+    result, secs = _run_watchdog("lambda: time.sleep(3600)", chief_timeout_secs=1)
+    assert result.returncode == _ps_lifecycle.EXIT_CHIEF_VANISHED, result.stderr[-2000:]
+    assert "worker:0 exits with 70" in result.stderr
+    assert secs < 20, f"the worker took {secs:.0f} s to end with a 1 s chief timeout"
+
+
+def test_wait_for_peers_ends_when_done_reports_the_job_finished():
+    """A worker waiting for peers that have exited stops waiting as soon as
+    ``done`` reports the final checkpoint, long before the timeout."""
+    clock = _Clock()
+    answers = iter([None, None, 400])
+
+    def sleep(secs):
+        clock.now += secs
+
+    step = ports.wait_for_peers(["localhost:1"], timeout_secs=600, clock=clock, sleep=sleep,
+                                done=lambda: next(answers))
+    assert step == 400 and clock.now == 2.0
+    with pytest.raises(ports.PeersUnreachableError, match="no answer from localhost:1 after 5 s"):
+        ports.wait_for_peers(["localhost:1"], timeout_secs=5, clock=clock, sleep=sleep, done=lambda: None)

@@ -27,8 +27,11 @@ script) the same first import also runs with scikit-learn hidden: Keras 3,
 which TensorFlow 2.21 imports with itself, imports scikit-learn when it is
 installed (the demo and test extras install it) for wrappers bwtf never
 uses, a second of CPU at every task's start, a sixth of the import. It is
-hidden for that import only; ``import sklearn`` afterwards works as usual.
-A user's own program that imports bwtf keeps Keras as it is.
+hidden for that import only: ``import sklearn`` afterwards works as usual,
+but Keras's scikit-learn wrappers (``keras.wrappers.SKLearn*``) stay
+unavailable in that process (Keras looks once), and a thread that imports
+scikit-learn during those seconds fails. bwtf's programs use neither. A
+user's own program that imports bwtf keeps Keras as it is.
 
 Deliberately left out: anything printed after the import (a process-wide
 filter would put a process between every task and its console), and
@@ -200,21 +203,31 @@ def _uninstall():
 
 def is_bwtf_program(argv=None, orig_argv=None):
     """True in a process that runs a bwtf program: a ``bwtf-*`` console script
-    or ``python -m bwtf.…`` (whose sys.argv[0] is still "-m" while bwtf is
-    imported, hence sys.orig_argv)."""
+    (no ``.py``: a user's ``bwtf-experiment.py`` is not one) or ``python -m
+    bwtf.…`` (whose sys.argv[0] is still "-m" while bwtf is imported, hence
+    the interpreter's own options in sys.orig_argv)."""
     argv = sys.argv if argv is None else argv
     orig_argv = getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv
-    if argv and os.path.basename(argv[0] or "").startswith("bwtf-"):
+    script = os.path.basename(argv[0] or "") if argv else ""
+    if script.startswith("bwtf-") and not script.endswith(".py"):
         return True
-    # The interpreter's own options come first; -X and -W take the next word.
     words = iter(orig_argv[1:])
     for word in words:
-        if word == "-m":
-            return next(words, "").startswith("bwtf.")
-        if word in ("-X", "-W"):
-            next(words, None)
-        elif not word.startswith("-") or word == "-c":
-            return False  # a script (its own argv[0]) or a command
+        if word in ("-", "--") or not word.startswith("-"):
+            return False  # stdin or a script: the rest are the program's own arguments
+        if word.startswith("--"):
+            if word == "--check-hash-based-pycs":
+                next(words, None)
+            continue
+        # A cluster of short options: -u, -um (then the module), -mbwtf.x, -Xdev, -X dev.
+        for index, letter in enumerate(word[1:], start=2):
+            if letter in "XWm":
+                value = word[index:] or next(words, "")
+                if letter == "m":
+                    return value.startswith("bwtf.")
+                break
+            if letter == "c":
+                return False
     return False
 
 

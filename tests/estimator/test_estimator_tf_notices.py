@@ -55,6 +55,8 @@ def test_tf_cpp_min_log_level_is_read_as_tensorflow_reads_it(value, expected):
 ])
 def test_nothing_is_filtered_unless_asked_on_2_21(line, environ):
     assert not _tf_notices.install(line, environ, program=False)
+    if line != "2.21":  # Nor is scikit-learn hidden from a bwtf program on 2.15.
+        assert not _tf_notices.install(line, environ, program=True)
 
 
 @pytest.mark.parametrize("argv, orig_argv, expected", [
@@ -64,6 +66,14 @@ def test_nothing_is_filtered_unless_asked_on_2_21(line, environ):
     (["my_train.py"], ["python", "my_train.py", "-m", "bwtf.x"], False),
     (["-m"], ["python", "-m", "pytest", "tests"], False),
     ([""], ["python"], False),
+    (["-m"], ["python", "-mbwtf.estimator.train"], True),
+    (["-m"], ["python", "-um", "bwtf.estimator.train"], True),
+    (["-m"], ["python", "-Xdev", "-Wignore", "-I", "-m", "bwtf.estimator.train"], True),
+    (["-m"], ["python", "--check-hash-based-pycs", "always", "-m", "bwtf.estimator.train"], True),
+    (["-m"], ["python", "-m", "mypkg", "-m", "bwtf.estimator.train"], False),
+    (["-"], ["python", "-", "-m", "bwtf.x"], False),
+    (["bwtf-experiment.py"], ["python", "bwtf-experiment.py"], False),
+    (["-c"], ["python", "-uc", "import bwtf", "-m", "bwtf.x"], False),
 ])
 def test_bwtf_programs_are_told_from_other_programs(argv, orig_argv, expected):
     assert _tf_notices.is_bwtf_program(argv, orig_argv) is expected
@@ -80,17 +90,25 @@ def test_scikit_learn_is_hidden_for_the_block_only():
         "        print('inside: imported')\n"
         "    except ImportError:\n"
         "        print('inside: hidden')\n"
+        "try:\n"
+        "    with _tf_notices._scikit_learn_hidden():\n"
+        "        raise KeyboardInterrupt\n"  # As an import interrupted half-way.
+        "except KeyboardInterrupt:\n"
+        "    pass\n"
         "import sklearn.base\n"
-        "print('after:', sklearn.base.BaseEstimator.__name__)\n")
+        "print('after:', sklearn.base.BaseEstimator.__name__)\n"
+        "with _tf_notices._scikit_learn_hidden():\n"  # Imported before: left alone.
+        "    import sklearn.utils\n"
+        "    print('imported before:', sklearn.utils.__name__)\n")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == ["inside: hidden", "after: BaseEstimator"]
+    assert result.stdout.splitlines() == ["inside: hidden", "after: BaseEstimator", "imported before: sklearn.utils"]
 
 
-def _imported(tf221_python, args):
+def _imported(tf221_python, args, level):
     """{module: cumulative import microseconds} of a 2.21 process (python -X importtime)."""
     result = subprocess.run([tf221_python, "-X", "importtime", *args], capture_output=True, text=True,
-                            timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                            timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|") for line in result.stderr.splitlines() if line.startswith("import time:")]
     return {row[2].strip(): int(row[1]) for row in rows if row[1].strip().isdigit()}
@@ -98,12 +116,13 @@ def _imported(tf221_python, args):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_bwtf_program_imports_tensorflow_2_21_without_scikit_learn(tf221_python):
+@pytest.mark.parametrize("level", ["0", "2"])  # Without the notice filter, and with it.
+def test_a_bwtf_program_imports_tensorflow_2_21_without_scikit_learn(tf221_python, level):
     """Keras 3 imports scikit-learn with TensorFlow 2.21 when it is installed (the
     test extra installs it), for a second of CPU: not in a bwtf program; a user's
     own program that imports bwtf keeps Keras as it is."""
-    program = _imported(tf221_python, ["-m", "bwtf.estimator.train", "--help"])
-    user = _imported(tf221_python, ["-c", "import bwtf, tensorflow"])
+    program = _imported(tf221_python, ["-m", "bwtf.estimator.train", "--help"], level)
+    user = _imported(tf221_python, ["-c", "import bwtf, tensorflow"], level)
     assert "tensorflow" in program and "tensorflow" in user
     assert "sklearn.base" in user
     assert "sklearn.base" not in program

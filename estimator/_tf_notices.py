@@ -201,15 +201,22 @@ def _uninstall():
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FirstTensorFlowImport)]
 
 
+# bwtf's own scripts (this file is <bwtf>/estimator/_tf_notices.py).
+_OWN_SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts", "")
+
+
 def is_bwtf_program(argv=None, orig_argv=None):
     """True in a process that runs a bwtf program: a ``bwtf-*`` console script
-    (no ``.py``: a user's ``bwtf-experiment.py`` is not one) or ``python -m
+    (no ``.py``: a user's ``bwtf-experiment.py`` is not one), a script in
+    bwtf's own ``scripts/`` (the fault harness, the benchmarks) or ``python -m
     bwtf.…`` (whose sys.argv[0] is still "-m" while bwtf is imported, hence
     the interpreter's own options in sys.orig_argv)."""
     argv = sys.argv if argv is None else argv
     orig_argv = getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv
-    script = os.path.basename(argv[0] or "") if argv else ""
-    if script.startswith("bwtf-") and not script.endswith(".py"):
+    script = (argv[0] or "") if argv else ""
+    if os.path.basename(script).startswith("bwtf-") and not script.endswith(".py"):
+        return True
+    if script.endswith(".py") and (os.path.dirname(os.path.realpath(script)) + os.sep).startswith(_OWN_SCRIPTS):
         return True
     words = iter(orig_argv[1:])
     for word in words:

@@ -6,12 +6,15 @@ must keep: Python warnings and absl lines, errors, tracebacks, the output of
 a failed import, and the last lines of a process that aborts in the middle.
 """
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from bwtf.estimator import _tf_notices
+
+_SCRIPTS = pathlib.Path(_tf_notices.__file__).resolve().parent.parent / "scripts"
 
 _BANNER = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
 _ONEDNN = (b"I0000 00:00:1796153953.005751   20796 port.cc:153] oneDNN custom operations are on. "
@@ -73,6 +76,11 @@ def test_nothing_is_filtered_unless_asked_on_2_21(line, environ):
     (["-m"], ["python", "-m", "mypkg", "-m", "bwtf.estimator.train"], False),
     (["-"], ["python", "-", "-m", "bwtf.x"], False),
     (["bwtf-experiment.py"], ["python", "bwtf-experiment.py"], False),
+    ([str(_SCRIPTS / "crash_consistency.py"), "--writer"], ["python", str(_SCRIPTS / "crash_consistency.py")], True),
+    ([str(_SCRIPTS / "benchmarks" / "bench_ckpt.py")], ["python", str(_SCRIPTS / "benchmarks" / "bench_ckpt.py")],
+     True),
+    ([str(_SCRIPTS.parent / "tests" / "ckpt" / "ckpt_task.py")], ["python", "tests/ckpt/ckpt_task.py"], False),
+    ([str(_SCRIPTS) + "-mine/x.py"], ["python", str(_SCRIPTS) + "-mine/x.py"], False),
     (["-c"], ["python", "-uc", "import bwtf", "-m", "bwtf.x"], False),
 ])
 def test_bwtf_programs_are_told_from_other_programs(argv, orig_argv, expected):

@@ -65,8 +65,7 @@ def final_checkpoint_step(model_dir, train_steps):
             if commit.check(store, store.path(f"ckpt-{step}"), full=True).intact:
                 return step
     except Exception:  # pylint: disable=broad-except
-        # gcsfs raises HttpError (not an OSError) for a throttled or failing request.
-        return None
+        pass  # gcsfs raises HttpError (not an OSError) for a throttled or failing request.
     return None
 
 

@@ -22,8 +22,8 @@ for, a scheduler's kill), the helper still drains the pipe, so TensorFlow's
 fatal line and a faulthandler dump reach the console. If the helper cannot
 start, the import runs unfiltered.
 
-In bwtf's own programs (``python -m bwtf.…`` or a ``bwtf-*`` console
-script) the same first import also runs with scikit-learn hidden: Keras 3,
+In bwtf's own programs (``python -m bwtf.…``, a ``bwtf-*`` console script
+or a script in bwtf's ``scripts/``) the same first import also runs with scikit-learn hidden: Keras 3,
 which TensorFlow 2.21 imports with itself, imports scikit-learn when it is
 installed (the demo and test extras install it) for wrappers bwtf never
 uses, a second of CPU at every task's start, a sixth of the import. It is
